@@ -1,0 +1,100 @@
+"""Storage helpers over fsspec: every path may be a local path or a URL such as s3://bucket/key.
+
+Writes are atomic: data goes to a temporary name in the same directory and is renamed into place,
+so a reader (or a rerun) never sees a half-written file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SUCCESS = "_SUCCESS"
+
+
+def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    # posixpath keeps "s3://bucket/x" intact, os.path.join would too but not on Windows.
+    return posixpath.join(base, *parts)
+
+
+def exists(url: str) -> bool:
+    fs, path = fs_path(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = fs_path(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def atomic_write(url: str, write) -> None:
+    fs, path = fs_path(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    try:
+        with fs.open(tmp, "wb") as f:
+            write(f)
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    atomic_write(url, lambda f: f.write(data))
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_bytes(url, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(url: str) -> Any:
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f:
+        return json.load(f)
+
+
+def write_parquet(url: str, table: pa.Table) -> None:
+    atomic_write(url, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def list_files(url: str, pattern: str = "part-*.parquet") -> list[str]:
+    """Files under `url` matching `pattern`, sorted, as full URLs with the input's protocol."""
+    fs, path = fs_path(url)
+    found = sorted(fs.glob(posixpath.join(path, pattern)))
+    return [fs.unstrip_protocol(p) if "://" in url else p for p in found]
+
+
+def sha256_file(url: str) -> str:
+    fs, path = fs_path(url)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_done(stage_dir: str) -> bool:
+    return exists(join(stage_dir, SUCCESS))
+
+
+def mark_done(stage_dir: str) -> None:
+    write_bytes(join(stage_dir, SUCCESS), b"")
