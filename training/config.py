@@ -1,0 +1,45 @@
+"""Training and evaluation configuration (the `train` and `evaluate` sections of a run config)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .model import PRESETS, ModelConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Section):
+    preset: str = "tiny"
+    model: dict = Field(default_factory=dict, description="overrides of the preset's ModelConfig fields")
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    nproc: int = Field(2, ge=1, description="data-parallel processes on this node")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
+    micro_batch: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(300, ge=1)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 1234
+    save_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    threads_per_proc: int | None = Field(None, description="CPU threads per process (default: cores / nproc)")
+
+    def resolve_model(self, vocab_size: int, seq_len: int) -> ModelConfig:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown model preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        return ModelConfig(**{**PRESETS[self.preset], **self.model, "vocab_size": vocab_size, "seq_len": seq_len})
+
+
+class EvalConfig(_Section):
+    max_val_rows: int = Field(256, ge=1)
+    batch_size: int = 16
+    prompts: list[str] = Field(default_factory=lambda: ["The city council", "In this article we", "Our company"])
+    max_new_tokens: int = 40

@@ -1,0 +1,177 @@
+"""The training job: `python -m training.train --job JOB.json`, one process per data-parallel rank.
+
+Launched by the train flow through torchrun (one node) or the DeepSpeed launcher (hostfile), so the
+same code runs on one CPU process, several GPUs or several nodes. JOB.json holds the TrainConfig
+plus the token shard and output directories; everything it writes lives in the output directory:
+checkpoints/ (DeepSpeed, resumed automatically), metrics.jsonl, ds_config.json, model.safetensors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+from .data import RankBatches, load_manifest, load_split
+from .checkpoint import save_weights
+from .model import Transformer
+
+
+def ds_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON generated from our config (saved beside the checkpoints)."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch * cfg.grad_accum * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            # torch_adam: PyTorch's AdamW instead of DeepSpeed's compiled one (an ~85 s build on CPU).
+            "params": {"lr": cfg.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": cfg.weight_decay, "torch_adam": True},
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": cfg.max_steps,
+                "warmup_num_steps": cfg.warmup_steps,
+                "warmup_type": "linear",
+                "cos_min_ratio": cfg.min_lr_ratio,
+            },
+        },
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; norms' gains are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _setup_accelerator() -> str:
+    if torch.cuda.is_available():
+        return "nccl"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed.ops
+
+    # DeepSpeed's shared-memory all-reduce compiles a C++ op on first use (~55 s here) and only
+    # speeds up small inference all-reduces; gloo does the training collectives.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return "gloo"
+
+
+def consolidated_state(engine, zero_stage: int, rank: int) -> dict | None:
+    """Full model weights on rank 0 (None elsewhere); under ZeRO-3 every rank must take part."""
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+        return state if rank == 0 else None
+    return engine.module.state_dict() if rank == 0 else None
+
+
+def main(job_path: str) -> None:
+    job = json.loads(Path(job_path).read_text())
+    cfg = TrainConfig(**job["train"])
+    tokens_dir, out_dir = Path(job["tokens_dir"]), Path(job["out_dir"])
+    backend = _setup_accelerator()
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+    manifest = load_manifest(tokens_dir, verify=rank == 0)
+    model_cfg = cfg.resolve_model(manifest["vocab_size"], manifest["seq_len"])
+    torch.manual_seed(cfg.seed)
+    model = Transformer(model_cfg)
+    config = ds_config(cfg, world)
+    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=config)
+    device = engine.device
+
+    batches = RankBatches(load_split(tokens_dir, "train", manifest), cfg.micro_batch, rank, world, cfg.seed)
+    ckpt_dir = out_dir / "checkpoints"
+    step = 0
+    if (ckpt_dir / "latest").exists():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        step = client["step"]
+        batches.load_state(client["data"][rank])
+        if rank == 0:
+            print(f"resumed from {ckpt_dir / (ckpt_dir / 'latest').read_text().strip()} at step {step}", flush=True)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "ds_config.json").write_text(json.dumps(config, indent=2))
+        print(f"model: {model_cfg.num_params():,} params, {world} x {device.type} process(es), ZeRO-{cfg.zero_stage}, "
+              f"{cfg.precision}, global batch {config['train_batch_size']} x {manifest['seq_len']} tokens", flush=True)
+
+    tokens_per_step = config["train_batch_size"] * manifest["seq_len"]
+    metrics = open(out_dir / "metrics.jsonl", "a") if rank == 0 else None
+    started, first_step, last = time.perf_counter(), step, None
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(cfg.grad_accum):
+            batch = torch.from_numpy(batches.next().astype("int64")).to(device)
+            loss = engine(batch[:, :-1], batch[:, 1:])
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach().float()
+        step += 1
+        loss_avg = loss_sum / cfg.grad_accum
+        torch.distributed.all_reduce(loss_avg)
+        loss_value = loss_avg.item() / world
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"loss is {loss_value} at step {step}: lower train.lr (now {cfg.lr}), raise warmup_steps, "
+                "or use fp32/bf16 instead of fp16")
+        seconds = time.perf_counter() - t0
+        last = {
+            "step": step,
+            "loss": loss_value,
+            "lr": scheduler.get_last_lr()[0] if scheduler else cfg.lr,
+            "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+            "tokens": step * tokens_per_step,
+            "tokens_per_s": tokens_per_step / seconds,
+            "seconds": seconds,
+        }
+        if metrics:
+            metrics.write(json.dumps(last) + "\n")
+            metrics.flush()
+            if step % cfg.log_every == 0 or step == cfg.max_steps or step == first_step + 1:
+                elapsed = time.perf_counter() - started
+                eta = elapsed / (step - first_step) * (cfg.max_steps - step)
+                print(f"step {step}/{cfg.max_steps}  loss {loss_value:.4f}  lr {last['lr']:.2e}  "
+                      f"grad_norm {last['grad_norm']:.3f}  {last['tokens_per_s']:,.0f} tok/s  eta {eta:.0f}s", flush=True)
+        if step % cfg.save_every == 0 or step == cfg.max_steps:
+            data_state = [None] * world
+            torch.distributed.all_gather_object(data_state, batches.state())
+            engine.save_checkpoint(str(ckpt_dir), tag=f"step{step:07d}", client_state={"step": step, "data": data_state})
+            if rank == 0:
+                (ckpt_dir / f"step{step:07d}" / "ds_config.json").write_text(json.dumps(config, indent=2))
+
+    state = consolidated_state(engine, cfg.zero_stage, rank)
+    if rank == 0:
+        save_weights(state, model_cfg, out_dir)
+        summary = {"steps": step, "final_loss": last["loss"] if last else None, "tokens": step * tokens_per_step,
+                   "seconds": round(time.perf_counter() - started, 2), "world_size": world, "zero_stage": cfg.zero_stage,
+                   "params": model_cfg.num_params()}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"done: {json.dumps(summary)}", flush=True)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", required=True, help="job JSON written by the train flow")
+    main(parser.parse_args().job)
