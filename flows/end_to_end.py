@@ -1,0 +1,18 @@
+"""The whole DAG: curate (on Ray) -> train (DeepSpeed job) -> evaluate."""
+from __future__ import annotations
+
+from prefect import flow
+
+from .config import RunConfig
+from .curate import curate
+from .evaluate import evaluate
+from .runtime import ray_task_runner
+from .train import train
+
+
+@flow(name="end-to-end", log_prints=True)
+def end_to_end(config: RunConfig) -> dict:
+    curated = curate.with_options(task_runner=ray_task_runner(config.ray))(config)
+    trained = train(config)
+    evaluated = evaluate(config)
+    return {"curate": curated, "train": trained, "eval": evaluated}

@@ -1,0 +1,83 @@
+"""The run report and summary, built from the stats files every stage leaves in the run directory."""
+from __future__ import annotations
+
+from pipeline import io
+
+DOC_STAGES = ("read", "quality", "exact", "minhash")
+
+
+def load_stats(run_dir: str) -> dict[str, dict]:
+    stats = {}
+    for name in (*DOC_STAGES, "tokens", "train", "eval"):
+        url = io.join(run_dir, name, "_stats.json")
+        if io.exists(url):
+            stats[name] = io.read_json(url)
+    return stats
+
+
+def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
+    """The headline numbers of a run, as (label, value) rows."""
+    rows: list[tuple[str, str]] = []
+    doc_stages = [s for s in DOC_STAGES if s in stats]
+    if doc_stages:
+        rows.append(("docs read", f"{stats[doc_stages[0]]['docs_in']:,}"))
+        for name in doc_stages:
+            s = stats[name]
+            for reason, n in s["rejected"].items():
+                rows.append((f"  rejected: {reason}", f"{n:,}"))
+        dups = sum(stats[s]["docs_rejected"] for s in ("exact", "minhash") if s in stats)
+        rows.append(("duplicates removed (exact + near)", f"{dups:,}"))
+        rows.append(("docs kept", f"{stats[doc_stages[-1]]['docs_kept']:,}"))
+    if "tokens" in stats:
+        t = stats["tokens"]
+        rows.append(("tokens written (train / val)", f"{t['train']['tokens']:,} / {t['val']['tokens']:,}"))
+    if "train" in stats:
+        t = stats["train"]
+        rows.append((f"training (ZeRO-{t['zero_stage']}, {t['world_size']} procs)", f"{t['steps']} steps, {t['tokens']:,} tokens, {t['seconds']:.0f} s"))
+        rows.append(("final train loss", f"{t['final_loss']:.3f}"))
+    if "eval" in stats:
+        e = stats["eval"]
+        rows.append(("val perplexity (untrained)", f"{e['val_perplexity']:.1f} ({e['untrained_val_perplexity']:.1f})"))
+    return rows
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_report(run_dir: str) -> str:
+    stats = load_stats(run_dir)
+    out = [f"# tokenmill run `{run_dir.rstrip('/').rsplit('/', 1)[-1]}`", "", f"Run directory: `{run_dir}`", "",
+           "## Summary", "", _table(["", "value"], [list(r) for r in summary_rows(stats)]), ""]
+    funnel = [[name, f"{s['docs_in']:,}", f"{s['docs_kept']:,}", f"{s['docs_rejected']:,}", f"{s['bytes_kept']:,}"]
+              for name, s in stats.items() if name in DOC_STAGES]
+    if funnel:
+        out += ["## Data funnel", "", _table(["stage", "docs in", "kept", "rejected", "bytes kept"], funnel), ""]
+        reasons = [[name, reason, f"{n:,}"] for name, s in stats.items() if name in DOC_STAGES for reason, n in s["rejected"].items()]
+        if reasons:
+            out += ["### Rejected, by reason", "", _table(["stage", "reason", "docs"], reasons), ""]
+    if "minhash" in stats:
+        m = stats["minhash"]
+        out += ["## Near-duplicates (MinHash LSH)", "",
+                f"{m.get('bands')} bands x {m.get('rows')} rows, {m.get('candidate_pairs', 0):,} candidate pairs, "
+                f"{m.get('duplicates', 0):,} duplicates in {m.get('clusters', 0):,} multi-doc clusters.", "",
+                _table(["cluster size", "clusters"], [[k, v] for k, v in m.get("cluster_sizes", {}).items()]), ""]
+    if "tokens" in stats:
+        t = stats["tokens"]
+        out += ["## Tokens", "", f"Byte-level BPE, vocab {t['tokenizer']['vocab_size']:,}.", "",
+                _table(["split", "shards", "sequences", "tokens"], [[s, t[s]["shards"], f"{t[s]['rows']:,}", f"{t[s]['tokens']:,}"] for s in ("train", "val")]), ""]
+    if "train" in stats:
+        t = stats["train"]
+        out += ["## Training", "", _table(["steps", "tokens", "params", "final loss", "seconds"],
+                                          [[t["steps"], f"{t['tokens']:,}", f"{t['params']:,}", f"{t['final_loss']:.4f}", t["seconds"]]]), ""]
+    if "eval" in stats:
+        e = stats["eval"]
+        out += ["## Evaluation", "", _table(["model", "val loss", "val perplexity"], [
+            ["trained", f"{e['val_loss']:.4f}", f"{e['val_perplexity']:.2f}"],
+            ["untrained", f"{e['untrained_val_loss']:.4f}", f"{e['untrained_val_perplexity']:.2f}"],
+        ]), "", f"On {e['val_tokens']:,} validation tokens.", "", "### Greedy samples", ""]
+        out += [f"- **{s['prompt']}**{s['completion']!r}" for s in e["samples"]]
+        out.append("")
+    return "\n".join(out)

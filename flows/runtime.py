@@ -1,0 +1,62 @@
+"""What every flow shares: the Ray task runner, bounded mapping with progress, stage skipping."""
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any, Callable, Sequence
+
+from prefect import get_run_logger
+from prefect_ray import RayTaskRunner
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline import io
+
+from .config import RayConfig
+
+# Environment the Ray workers need to reach the same Prefect API and stay out of $HOME.
+_FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL", "PYTHONPATH")
+
+
+def ray_task_runner(cfg: RayConfig) -> RayTaskRunner:
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
+    if cfg.address is None:
+        init_kwargs.update(
+            num_cpus=cfg.num_cpus,
+            include_dashboard=cfg.dashboard,
+            dashboard_host=cfg.dashboard_host,
+        )
+    return RayTaskRunner(address=cfg.address, init_kwargs=init_kwargs)
+
+
+def run_mapped(task, calls: Sequence[dict], max_in_flight: int, description: str) -> list:
+    """Submit task(**kwargs) for each call with at most `max_in_flight` pending; results in order.
+
+    prefect-ray misbehaves with many pending futures, so submission is windowed rather than .map().
+    """
+    results: list = [None] * len(calls)
+    pending: deque = deque()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False, disable=not calls) as progress:
+        bar = progress.add_task(description, total=len(calls))
+        for i, kwargs in enumerate(calls):
+            pending.append((i, task.submit(**kwargs)))
+            while len(pending) >= max_in_flight or (i == len(calls) - 1 and pending):
+                j, future = pending.popleft()
+                results[j] = future.result()
+                progress.advance(bar)
+    return results
+
+
+def stage(run_dir: str, name: str, fn: Callable[[], dict]) -> dict:
+    """Run a stage unless <run>/<name>/_SUCCESS exists; return its _stats.json either way."""
+    logger = get_run_logger()
+    stage_dir = io.join(run_dir, name)
+    if io.stage_done(stage_dir):
+        logger.info("stage %s: done in an earlier run, skipped", name)
+        stats = io.read_json(io.join(stage_dir, "_stats.json"))
+        return {**stats, "skipped": True}
+    stats = fn()
+    counts = {k: stats[k] for k in ("docs_in", "docs_kept", "docs_rejected") if k in stats}
+    logger.info("stage %s: %s", name, counts or stats)
+    return {**stats, "skipped": False}
