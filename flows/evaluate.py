@@ -21,11 +21,12 @@ def evaluate(config: RunConfig) -> dict:
     def run():
         metrics = evaluate_task(io.join(run_dir, "train"), io.join(run_dir, "tokens"), config.evaluate, seed=config.train.seed)
         io.write_json(io.join(run_dir, "eval", "_stats.json"), metrics)
+        io.write_bytes(io.join(run_dir, "report.md"), render_report(run_dir).encode())
         io.mark_done(io.join(run_dir, "eval"))
         return metrics
 
     metrics = stage(run_dir, "eval", run)
-    report = render_report(run_dir)
-    io.write_bytes(io.join(run_dir, "report.md"), report.encode())
+    fs, path = io.fs_path(io.join(run_dir, "report.md"))
+    report = fs.cat_file(path).decode()
     create_markdown_artifact(report, key=f"report-{config.run_id}".lower().replace("_", "-"), description="tokenmill run report")
     return metrics

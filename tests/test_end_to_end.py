@@ -1,0 +1,134 @@
+"""`tokenmill run` as a user runs it: real local Prefect server, real local Ray, a real 2-process
+DeepSpeed ZeRO-2 job on CPU (gloo), on the bundled real corpus; then the same run id again."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+curate:
+  tokenizer: {vocab_size: 1024}
+  tokens: {seq_len: 64, val_fraction: 0.1}
+train:
+  model: {n_layer: 2, n_head: 4, d_model: 64}
+  nproc: 2
+  micro_batch: 8
+  max_steps: 40
+  warmup_steps: 5
+  save_every: 20
+  log_every: 10
+evaluate: {max_val_rows: 64, max_new_tokens: 8}
+ray: {num_cpus: 2, dashboard: false}
+"""
+STAGES = ("read", "quality", "exact", "minhash")
+
+
+def _tokenmill(*args, cwd):
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "tiny.yaml").write_text(TINY)
+    args = ["run", "--config", "tiny.yaml", "--run-id", "t", "--output-dir", str(work / "runs")]
+    first = _tokenmill(*args, cwd=work)
+    run_dir = work / "runs" / "t"
+    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    second = _tokenmill(*args, cwd=work)
+    return run_dir, first, second, mtimes
+
+
+def test_local_prefect_server_is_started_on_loopback_and_stopped(run):
+    _, first, _, _ = run
+    m = re.search(r"Prefect API: http://127\.0\.0\.1:(\d+)/api \(local server, pid (\d+)\)", first)
+    assert m, first[:2000]
+    assert not _alive(int(m.group(2)))
+
+
+def test_every_stage_reconciles_with_its_parts_on_disk(run):
+    run_dir, _, _, _ = run
+    previous_kept = None
+    for name in STAGES:
+        stats = json.loads((run_dir / name / "_stats.json").read_text())
+        assert (run_dir / name / "_SUCCESS").exists()
+        kept = sum(pq.read_metadata(p).num_rows for p in (run_dir / name).glob("part-*.parquet"))
+        rejected: dict[str, int] = {}
+        for p in (run_dir / "rejected" / name).glob("part-*.parquet"):
+            for reason in pq.read_table(p)["reason"].to_pylist():
+                rejected[reason] = rejected.get(reason, 0) + 1
+        assert kept == stats["docs_kept"]
+        assert rejected == stats["rejected"]
+        assert stats["docs_in"] == kept + sum(rejected.values())
+        if previous_kept is not None:
+            assert stats["docs_in"] == previous_kept  # nothing lost between stages
+        previous_kept = kept
+    read = json.loads((run_dir / "read" / "_stats.json").read_text())
+    assert read["docs_in"] == 758  # every record of the bundled corpus is accounted for
+    quality = json.loads((run_dir / "quality" / "_stats.json").read_text())
+    assert quality["rejected"].get("gopher.stop_words", 0) > 0  # non-English pages of the crawl
+
+
+def test_token_shards_match_the_manifest(run):
+    run_dir, _, _, _ = run
+    manifest = json.loads((run_dir / "tokens" / "manifest.json").read_text())
+    assert manifest["seq_len"] == 64 and manifest["vocab_size"] == 1024 and manifest["dtype"] == "uint16"
+    minhash = json.loads((run_dir / "minhash" / "_stats.json").read_text())
+    assert manifest["source_docs"] == minhash["docs_kept"] == sum(s["docs"] for s in manifest["shards"])
+    for shard in manifest["shards"]:
+        table = ipc.open_file(pa.memory_map(str(run_dir / "tokens" / shard["file"]))).read_all()
+        assert table.num_rows == shard["rows"] and table.num_rows * 65 == shard["tokens"]
+        flat = table["tokens"].combine_chunks().values.to_numpy()
+        assert flat.max() < 1024
+
+
+def test_training_reduced_the_loss_and_wrote_checkpoints(run):
+    run_dir, first, _, _ = run
+    metrics = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 41))
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5
+    assert (run_dir / "train" / "checkpoints" / "latest").read_text().strip() == "step0000040"
+    assert (run_dir / "train" / "checkpoints" / "step0000020").is_dir()
+    summary = json.loads((run_dir / "train" / "_stats.json").read_text())
+    assert summary["world_size"] == 2 and summary["zero_stage"] == 2 and summary["steps"] == 40
+    assert (run_dir / "train" / "model.safetensors").exists()
+
+
+def test_evaluation_beats_the_untrained_model_and_report_is_written(run):
+    run_dir, first, _, _ = run
+    ev = json.loads((run_dir / "eval" / "_stats.json").read_text())
+    assert ev["val_perplexity"] < ev["untrained_val_perplexity"]
+    assert len(ev["samples"]) == 3
+    report = (run_dir / "report.md").read_text()
+    assert "## Data funnel" in report and "val perplexity" in report
+    assert "docs read" in first and "final train loss" in first and "val perplexity" in first
+
+
+def test_rerun_with_the_same_run_id_does_no_work(run):
+    run_dir, _, second, mtimes = run
+    for name in (*STAGES, "tokens", "train", "eval"):
+        assert f"stage {name}: done in an earlier run, skipped" in second
+    assert "launching:" not in second
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert after == mtimes
