@@ -1,9 +1,5 @@
-"""The train flow: launch the DeepSpeed job as its own process group and stream its log."""
+"""The train flow: run the DeepSpeed job as its own processes and stream its progress to the flow log."""
 from __future__ import annotations
-
-import subprocess
-from collections import deque
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
@@ -17,27 +13,8 @@ from .runtime import stage
 @task(name="deepspeed-job")
 def run_training_job(config: RunConfig) -> dict:
     logger = get_run_logger()
-    run_dir = Path(config.run_dir)
-    out = run_dir / "train"
-    job = launch.write_job(config.train, str(run_dir / "tokens"), str(out))
-    argv = launch.command(config.train, job)
-    logger.info("launching: %s", " ".join(argv))
-    tail: deque[str] = deque(maxlen=40)
-    log_path = out / "train.log"
-    with open(log_path, "a") as log, subprocess.Popen(
-        argv, env=launch.environment(config.train), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, text=True, bufsize=1,
-    ) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            tail.append(line.rstrip())
-            # Progress and results go to the flow log; library chatter stays in train.log.
-            if line.startswith(("step ", "model:", "resumed", "done:")):
-                logger.info(line.rstrip())
-    if proc.returncode != 0:
-        raise RuntimeError(f"training job failed with exit code {proc.returncode}; last lines:\n"
-                           + "\n".join(tail) + f"\nfull log: {log_path}")
-    return io.read_json(str(out / "summary.json"))
+    tokens_dir, out_dir = io.join(config.run_dir, "tokens"), io.join(config.run_dir, "train")
+    return launch.run_job(config.train, tokens_dir, out_dir, on_line=logger.info)
 
 
 @flow(name="train", log_prints=True)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from collections import deque
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -38,3 +41,33 @@ def environment(cfg: TrainConfig) -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[str], None] = print) -> dict:
+    """Run the job to the end, appending its output to out_dir/train.log and passing each line to
+    `on_line`; return its summary, or raise JobFailed with the last lines of its output."""
+    job = write_job(cfg, tokens_dir, out_dir)
+    argv = command(cfg, job)
+    on_line("launching: " + " ".join(argv))
+    tail: deque[str] = deque(maxlen=40)
+    log_path = Path(out_dir) / "train.log"
+    with open(log_path, "a") as log, subprocess.Popen(
+        argv, env=environment(cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, text=True, bufsize=1,
+    ) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line.rstrip())
+            # Progress and results go on; library chatter stays in train.log.
+            if line.startswith(("step ", "model:", "resumed", "done:")):
+                on_line(line.rstrip())
+    if proc.returncode != 0:
+        errors = [line for line in tail if "Error" in line or "error:" in line]
+        cause = errors[-1] if errors else tail[-1] if tail else "no output"
+        raise JobFailed(f"training job failed (exit code {proc.returncode}): {cause}\n"
+                        f"last lines:\n" + "\n".join(tail) + f"\nfull log: {log_path}")
+    return json.loads((Path(out_dir) / "summary.json").read_text())
