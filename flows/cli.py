@@ -6,6 +6,7 @@ unless PREFECT_API_URL is set), so this process and every Ray worker talk to the
 from __future__ import annotations
 
 import os
+import sys
 from typing import List, Optional
 
 import typer
@@ -18,7 +19,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Raw web text -> curated tokens -> trained, evaluated model.")
-console = Console()
+# Piped output (CI, logs) gets a fixed width so the summary table is not cut at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="run config YAML")
 RunIdOpt = typer.Option(None, "--run-id", help="run id (default: a timestamp); rerunning an id skips finished stages")

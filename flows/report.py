@@ -41,6 +41,10 @@ def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
     return rows
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ⏎ ").strip()
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -77,7 +81,6 @@ def render_report(run_dir: str) -> str:
         out += ["## Evaluation", "", _table(["model", "val loss", "val perplexity"], [
             ["trained", f"{e['val_loss']:.4f}", f"{e['val_perplexity']:.2f}"],
             ["untrained", f"{e['untrained_val_loss']:.4f}", f"{e['untrained_val_perplexity']:.2f}"],
-        ]), "", f"On {e['val_tokens']:,} validation tokens.", "", "### Greedy samples", ""]
-        out += [f"- **{s['prompt']}**{s['completion']!r}" for s in e["samples"]]
-        out.append("")
+        ]), "", f"On {e['val_tokens']:,} validation tokens.", "", "### Greedy samples", "",
+            _table(["prompt", "completion"], [[_cell(s["prompt"]), _cell(s["completion"])] for s in e["samples"]]), ""]
     return "\n".join(out)

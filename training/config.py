@@ -21,10 +21,10 @@ class TrainConfig(_Section):
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
     micro_batch: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
-    max_steps: int = Field(200, ge=1)
+    max_steps: int = Field(300, ge=1)
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
+    warmup_steps: int = 30
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 1234
