@@ -6,7 +6,9 @@ unless PREFECT_API_URL is set), so this process and every Ray worker talk to the
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -47,11 +49,10 @@ def _execute(cfg: RunConfig, flow_name: str) -> dict:
     with prefect_api(cfg.prefect.host, cfg.prefect.keep_server, cfg.prefect.startup_timeout_s) as api:
         console.print(f"Prefect API: {api.url}" + ("" if api.pid is None else f" (local server, pid {api.pid})"))
         from . import curate, end_to_end, evaluate, train
-        from .runtime import ray_task_runner
 
         flows = {
             "run": end_to_end.end_to_end,
-            "curate": curate.curate.with_options(task_runner=ray_task_runner(cfg.ray)),
+            "curate": curate.curate_on_ray,
             "train": train.train,
             "evaluate": evaluate.evaluate,
         }
@@ -109,6 +110,54 @@ def evaluate_cmd(run_id: str = typer.Option(..., "--run-id", help="the run whose
                  set_: Optional[List[str]] = SetOpt):
     """Evaluate only: metrics and report of an existing run's model."""
     _execute(_config(config, run_id, output_dir, None, keep_server, set_), "evaluate")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _prefect(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prefect", *args], text=True, capture_output=True, **kwargs)
+
+
+@app.command()
+def deploy(pool: str = typer.Option("tokenmill", help="process work pool the deployments use (created if missing)"),
+           prefect_file: Path = typer.Option(REPO / "infra" / "prefect" / "prefect.yaml", help="deployment definitions")):
+    """Create the Prefect deployments (curate, train, evaluate, end-to-end) on PREFECT_API_URL's server."""
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[red]PREFECT_API_URL is not set:[/red] deployments live on a running Prefect server "
+                      "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api)")
+        raise typer.Exit(2)
+    if _prefect("work-pool", "inspect", pool).returncode != 0:
+        created = _prefect("work-pool", "create", pool, "--type", "process")
+        if created.returncode != 0:
+            console.print(created.stdout + created.stderr)
+            raise typer.Exit(1)
+    env = {**os.environ, "TOKENMILL_WORKDIR": os.environ.get("TOKENMILL_WORKDIR", str(REPO))}
+    done = _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file), cwd=REPO, env=env)
+    console.print(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise typer.Exit(1)
+    console.print(f"Start a worker to run them: prefect worker start --pool {pool}")
+
+
+@app.command()
+def trigger(deployment: str = typer.Argument(..., help="FLOW/DEPLOYMENT, e.g. end-to-end/bundled"),
+            wait: bool = typer.Option(False, "--wait", help="wait for the flow run to finish; exit 1 unless it completed"),
+            timeout: Optional[float] = typer.Option(None, help="seconds to wait at most (with --wait)"),
+            set_: Optional[List[str]] = SetOpt):
+    """Start a run of a deployment (what CI calls), optionally waiting for its final state."""
+    from prefect.deployments import run_deployment
+
+    try:
+        params = load_config(None, set_).model_dump(exclude_unset=True)
+    except ValueError as e:
+        console.print(f"[red]invalid configuration:[/red] {e}")
+        raise typer.Exit(2)
+    flow_run = run_deployment(deployment, parameters={"config": params}, timeout=(timeout if wait else 0))
+    state = flow_run.state
+    console.print(f"flow run {flow_run.name} ({flow_run.id}): {state.name if state else 'unknown'}")
+    if wait and not (state and state.is_completed()):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ class PrefectConfig(BaseModel):
     keep_server: bool = Field(False, description="leave the local Prefect server up after the run, to browse it")
     host: str = "127.0.0.1"
     startup_timeout_s: int = 120
+    task_retries: int = Field(2, ge=0, description="retries of a task that fails (storage or worker errors)")
+    retry_delay_s: float = Field(2.0, ge=0)
 
 
 class RunConfig(BaseModel):

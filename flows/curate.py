@@ -10,7 +10,7 @@ from pipeline import dedup, filters, io, readers, tokenize
 from pipeline.stages import finish_stage, stage_parts
 
 from .config import RunConfig
-from .runtime import run_mapped, stage
+from .runtime import ray_task_runner, run_mapped, stage
 
 read_file = task(readers.read_file, name="read", retries=1)
 filter_part = task(filters.filter_part, name="quality", retries=1)
@@ -26,10 +26,11 @@ tokenize_part = task(tokenize.tokenize_part, name="tokenize", retries=1)
 
 @flow(name="curate", log_prints=True)
 def curate(config: RunConfig) -> dict:
+    config = config.with_run_id()
     cfg, run_dir, width = config.curate, config.run_dir, config.ray.max_in_flight
 
     def mapped(fn, calls, what):
-        return run_mapped(fn, calls, width, what)
+        return run_mapped(fn, calls, width, what, config.prefect.task_retries, config.prefect.retry_delay_s)
 
     def read():
         inputs = readers.expand_inputs(cfg.inputs)
@@ -90,3 +91,9 @@ def curate(config: RunConfig) -> dict:
         last = "minhash"
     stats["tokens"] = stage(run_dir, "tokens", lambda: tokens(last))
     return stats
+
+
+@flow(name="curate-on-ray", log_prints=True)
+def curate_on_ray(config: RunConfig) -> dict:
+    """curate with its tasks on Ray (local, or config.ray.address): the CLI's and the deployment's entry."""
+    return curate.with_options(task_runner=ray_task_runner(config.ray))(config.with_run_id())

@@ -12,6 +12,7 @@ from .train import train
 
 @flow(name="end-to-end", log_prints=True)
 def end_to_end(config: RunConfig) -> dict:
+    config = config.with_run_id()  # a scheduled run gets a fresh id; its stages share it
     curated = curate.with_options(task_runner=ray_task_runner(config.ray))(config)
     trained = train(config)
     evaluated = evaluate(config)

@@ -14,7 +14,10 @@ from pipeline import io
 from .config import RayConfig
 
 # Environment the Ray workers need to reach the same Prefect API and stay out of $HOME.
-_FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL", "PYTHONPATH")
+# Secrets (PREFECT_API_KEY, AWS_*) travel in the runtime env, never in task parameters or logs.
+_FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL", "PYTHONPATH",
+                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                  "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
 def ray_task_runner(cfg: RayConfig) -> RayTaskRunner:
@@ -29,11 +32,14 @@ def ray_task_runner(cfg: RayConfig) -> RayTaskRunner:
     return RayTaskRunner(address=cfg.address, init_kwargs=init_kwargs)
 
 
-def run_mapped(task, calls: Sequence[dict], max_in_flight: int, description: str) -> list:
+def run_mapped(task, calls: Sequence[dict], max_in_flight: int, description: str,
+               retries: int | None = None, retry_delay_s: float = 0) -> list:
     """Submit task(**kwargs) for each call with at most `max_in_flight` pending; results in order.
 
     prefect-ray misbehaves with many pending futures, so submission is windowed rather than .map().
     """
+    if retries is not None:
+        task = task.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
     results: list = [None] * len(calls)
     pending: deque = deque()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -1,0 +1,75 @@
+"""Prefect deployments as a user runs them: a real server on 127.0.0.1, `tokenmill deploy`, a process
+worker, `tokenmill trigger end-to-end/bundled --wait` on tiny settings, then the flow run's state and
+artifacts read back through the Prefect client. Server and worker are stopped by pid."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from flows.server import start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "curate.tokenizer.vocab_size=512", "curate.tokens.seq_len=32", "curate.tokens.val_fraction=0.1",
+    "train.model={n_layer: 1, n_head: 2, d_model: 32}", "train.nproc=1", "train.max_steps=8",
+    "train.warmup_steps=2", "train.save_every=8", "evaluate.max_val_rows=16", "evaluate.max_new_tokens=4",
+    "ray.num_cpus=1", "ray.dashboard=false",
+]
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    api = start_server(home=str(tmp_path / "prefect-home"))
+    yield api
+    stop_server(api)
+
+
+def _tokenmill(env, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.url, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    deployed = _tokenmill(env, "deploy", timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    for name in ("end-to-end/bundled", "curate-on-ray/curate", "train/train", "evaluate/evaluate"):
+        assert f"Deployment '{name}' successfully created" in deployed.stdout.replace("\n", " ").replace("│", " ").replace("  ", " ") or name in deployed.stdout
+
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "tokenmill"], env=env,
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        sets = [a for s in TINY + [f"output_dir={tmp_path / 'runs'}", "run_id=deployed"] for a in ("--set", s)]
+        triggered = _tokenmill(env, "trigger", "end-to-end/bundled", "--wait", "--timeout", "540", *sets)
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr + log[-4000:]
+        assert "Completed" in triggered.stdout
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+
+    assert (tmp_path / "runs" / "deployed" / "report.md").exists()
+    assert (tmp_path / "runs" / "deployed" / "eval" / "_SUCCESS").exists()
+
+    async def read_back():
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, DeploymentFilter, DeploymentFilterName
+
+        async with get_client() as client:
+            [deployment] = await client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["bundled"])))
+            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]}))
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-deployed"])))
+            return runs, artifacts
+
+    os.environ["PREFECT_API_URL"] = prefect_server.url
+    try:
+        runs, artifacts = asyncio.run(read_back())
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+    assert [r.state.type.value for r in runs] == ["COMPLETED"]
+    assert artifacts and "Data funnel" in artifacts[0].data
