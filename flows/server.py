@@ -44,6 +44,7 @@ def _healthy(url: str) -> bool:
 
 def start_server(host: str = "127.0.0.1", timeout_s: int = 120, home: str | None = None) -> PrefectAPI:
     home = home or tempfile.mkdtemp(prefix="tokenmill-prefect-")
+    os.makedirs(home, exist_ok=True)
     port = free_port(host)
     log = str(Path(home) / "server.log")
     env = dict(
