@@ -58,6 +58,10 @@ def _execute(cfg: RunConfig, flow_name: str) -> dict:
         }
         try:
             result = flows[flow_name](cfg)
+        except Exception as e:  # the flow log above has the traceback; end with the cause, not a wall
+            console.print(f"[red]{flow_name} {cfg.run_id} failed:[/red] {type(e).__name__}: {e}")
+            console.print(f"Rerun with --run-id {cfg.run_id} to resume: finished stages are skipped.")
+            raise typer.Exit(1)
         finally:
             if api.pid is not None and cfg.prefect.keep_server:
                 console.print(f"Prefect server left running: UI at {api.url.removesuffix('/api')}  "

@@ -46,9 +46,11 @@ def atomic_write(url: str, write) -> None:
         with fs.open(tmp, "wb") as f:
             write(f)
         fs.mv(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if fs.exists(tmp):
             fs.rm(tmp)
+        if isinstance(e, OSError):  # disk full, permission denied...: name the file the user knows
+            raise OSError(e.errno, f"cannot write {url}: {e.strerror or e}") from e
         raise
 
 

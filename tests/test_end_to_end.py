@@ -132,3 +132,53 @@ def test_rerun_with_the_same_run_id_does_no_work(run):
     assert "launching:" not in second
     after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     assert after == mtimes
+
+
+def _curated_files(run_dir: Path) -> dict[str, str]:
+    """sha256 of every data file curate wrote (parts, intermediate dedup files, shards, tokenizer, manifest)."""
+    import hashlib
+
+    out = {}
+    for p in sorted(run_dir.rglob("*")):
+        rel = p.relative_to(run_dir).as_posix()
+        if p.is_file() and not rel.startswith(("train/", "eval/")) and (p.suffix in (".parquet", ".arrow") or p.name in ("tokenizer.json", "manifest.json")):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def test_curate_killed_midway_then_rerun_gives_identical_output(run, tmp_path):
+    """Fault: the flow process is SIGKILLed after its first stage; the rerun with the same run id skips
+    what finished and produces byte-identical data to the undisturbed run."""
+    import signal
+    import time
+
+    import psutil
+
+    reference, _, _, _ = run
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    args = [sys.executable, "-m", "flows.cli", "curate", "--config", "tiny.yaml", "--run-id", "t", "--output-dir", str(tmp_path / "runs")]
+    run_dir = tmp_path / "runs" / "t"
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "read" / "_SUCCESS").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "curate ended before its first stage finished"
+            family.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
+            time.sleep(0.1)
+        family.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in family:  # its Prefect server and Ray run in their own sessions
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert not (run_dir / "tokens" / "_SUCCESS").exists()
+
+    second = _tokenmill("curate", "--config", "tiny.yaml", "--run-id", "t", "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert "stage read: done in an earlier run, skipped" in second
+    assert not list(run_dir.rglob(".tmp-*"))
+    resumed, expected = _curated_files(run_dir), _curated_files(reference)
+    assert resumed.keys() == expected.keys() and resumed == expected

@@ -1,0 +1,73 @@
+"""Faults that must not lose data: a flaky storage read is retried; a full disk fails with the path
+named and no partial file left visible."""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+import fsspec
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from flows.config import load_config
+from pipeline import io
+from pipeline.config import ReaderConfig
+from pipeline.readers import read_file
+from tests.conftest import CORPUS
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """Local files behind a `flaky://` URL whose first read of each file raises, like a storage blip."""
+
+    protocol = ("flaky",)
+    failures: dict[str, int] = {}
+    lock = threading.Lock()
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path.removeprefix("flaky://"))
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" in mode:
+            with self.lock:
+                first = path not in self.failures
+                self.failures[path] = self.failures.get(path, 0) + 1
+            if first:
+                raise ConnectionResetError(f"injected storage error reading {path}")
+        return super()._open(path, mode, **kwargs)
+
+
+@pytest.mark.slow
+def test_flaky_storage_read_is_retried_and_nothing_is_lost(tmp_path):
+    from flows.curate import curate
+    from flows.server import prefect_api
+
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    inputs = [f"flaky://{CORPUS / name}" for name in ("datajuicer_redpajama_c4_10docs.jsonl", "dolma_ccnet_cc_en_head_0091_10docs.jsonl.gz")]
+    config = load_config(None, ["curate.tokenizer.vocab_size=400", "curate.tokens.seq_len=32", "curate.tokens.val_fraction=0.2",
+                                "prefect.retry_delay_s=0"], run_id="flaky", output_dir=str(tmp_path), **{"curate.inputs": inputs})
+    with prefect_api():
+        stats = curate(config)  # tasks run in threads here, so they see the registered filesystem
+    assert stats["read"]["docs_in"] == 20 and stats["read"]["docs_rejected"] == 0
+    assert {os.path.basename(p): n for p, n in FlakyFileSystem.failures.items()} == {
+        "datajuicer_redpajama_c4_10docs.jsonl": 2, "dolma_ccnet_cc_en_head_0091_10docs.jsonl.gz": 2}
+    assert io.stage_done(str(tmp_path / "flaky" / "tokens"))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs to fill a disk")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_names_the_file_and_leaves_no_partial_file(tiny_disk):
+    run_dir = str(tiny_disk / "run")
+    with pytest.raises(OSError, match=r"cannot write .*/run/read/part-00000\.parquet: No space left on device"):
+        read_file(str(CORPUS / "dolma_cc_main_2019_30_697docs.jsonl.gz"), 0, run_dir, ReaderConfig())
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(tiny_disk) for f in files]
+    assert leftovers == []
