@@ -2,6 +2,7 @@
 gets its own HOME/PREFECT_HOME (set before anything imports prefect) and removes it afterwards."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,3 +40,15 @@ def real_docs() -> list[dict]:
     """Real web documents from the bundled corpus (RedPajama C4 sample)."""
     with open(CORPUS / "datajuicer_redpajama_c4_10docs.jsonl") as f:
         return [json.loads(line) for line in f]
+
+
+def curated_files(run_dir: Path) -> dict[str, str]:
+    """sha256 of every data file curate wrote (parts, intermediate dedup files, shards, tokenizer,
+    manifest) by path relative to the run; stats files hold timings and are left out."""
+    out = {}
+    for p in sorted(run_dir.rglob("*")):
+        rel = p.relative_to(run_dir).as_posix()
+        if p.is_file() and not rel.startswith(("train/", "eval/")) and (
+                p.suffix in (".parquet", ".arrow") or p.name in ("tokenizer.json", "manifest.json")):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

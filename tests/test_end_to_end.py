@@ -14,6 +14,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import curated_files
+
 pytestmark = pytest.mark.slow
 
 TINY = """
@@ -134,18 +136,6 @@ def test_rerun_with_the_same_run_id_does_no_work(run):
     assert after == mtimes
 
 
-def _curated_files(run_dir: Path) -> dict[str, str]:
-    """sha256 of every data file curate wrote (parts, intermediate dedup files, shards, tokenizer, manifest)."""
-    import hashlib
-
-    out = {}
-    for p in sorted(run_dir.rglob("*")):
-        rel = p.relative_to(run_dir).as_posix()
-        if p.is_file() and not rel.startswith(("train/", "eval/")) and (p.suffix in (".parquet", ".arrow") or p.name in ("tokenizer.json", "manifest.json")):
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def test_curate_killed_midway_then_rerun_gives_identical_output(run, tmp_path):
     """Fault: the flow process is SIGKILLed after its first stage; the rerun with the same run id skips
     what finished and produces byte-identical data to the undisturbed run."""
@@ -180,5 +170,5 @@ def test_curate_killed_midway_then_rerun_gives_identical_output(run, tmp_path):
     second = _tokenmill("curate", "--config", "tiny.yaml", "--run-id", "t", "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert "stage read: done in an earlier run, skipped" in second
     assert not list(run_dir.rglob(".tmp-*"))
-    resumed, expected = _curated_files(run_dir), _curated_files(reference)
+    resumed, expected = curated_files(run_dir), curated_files(reference)
     assert resumed.keys() == expected.keys() and resumed == expected

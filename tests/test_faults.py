@@ -71,3 +71,54 @@ def test_full_disk_names_the_file_and_leaves_no_partial_file(tiny_disk):
         read_file(str(CORPUS / "dolma_cc_main_2019_30_697docs.jsonl.gz"), 0, run_dir, ReaderConfig())
     leftovers = [os.path.join(d, f) for d, _, files in os.walk(tiny_disk) for f in files]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_ray_worker_killed_mid_task_is_retried_with_identical_output(tmp_path):
+    """A Ray worker SIGKILLed while it runs a quality task: Ray reruns the task, the run completes and
+    its data is byte-identical to an undisturbed run."""
+    import gzip
+    import json
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    from flows.server import start_server, stop_server
+    from tests.conftest import curated_files
+
+    # One big part (the crawl sample 12 times, ids made unique) so a quality task runs for seconds.
+    src = [json.loads(line) for line in gzip.open(CORPUS / "dolma_cc_main_2019_30_697docs.jsonl.gz", "rt")]
+    (tmp_path / "in").mkdir()
+    with open(tmp_path / "in" / "big.jsonl", "w") as f:
+        for k in range(12):
+            for doc in src:
+                f.write(json.dumps({**doc, "id": f"{doc['id']}-{k}"}) + "\n")
+    api = start_server(home=str(tmp_path / "prefect"))
+    env = {**os.environ, "PREFECT_API_URL": api.url}
+
+    def curate(run_id):
+        return subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "curate", str(tmp_path / "in"), "--run-id", run_id, "--output-dir",
+             str(tmp_path / "runs"), "--set", "curate.tokenizer.vocab_size=400", "--set", "curate.tokens.seq_len=32",
+             "--set", "ray.num_cpus=2", "--set", "ray.dashboard=false"],
+            env=env, stdout=open(tmp_path / f"{run_id}.log", "wb"), stderr=subprocess.STDOUT)
+
+    try:
+        assert curate("clean").wait(timeout=600) == 0, (tmp_path / "clean.log").read_text()[-3000:]
+        proc, killed = curate("faulty"), None
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if killed is None:
+                for p in psutil.process_iter(["cmdline"]):
+                    if (p.info["cmdline"] or [""])[0].startswith("ray::quality"):
+                        p.kill()
+                        killed = p.pid
+                        break
+            time.sleep(0.05)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "faulty.log").read_text()[-3000:]
+        assert killed, "no quality task was caught running"
+    finally:
+        stop_server(api)
+    assert curated_files(tmp_path / "runs" / "faulty") == curated_files(tmp_path / "runs" / "clean")
