@@ -43,8 +43,18 @@ def _config(config, run_id, output_dir, ray_address, keep_server, overrides, **e
     return cfg.with_run_id()
 
 
+def keep_local_ray_on_loopback(cfg: RunConfig) -> None:
+    """A Ray started here binds every interface unless it takes itself for a one-machine install;
+    this switch (read when ray is imported) makes all its servers listen on 127.0.0.1 only. Not for
+    --ray-address: a driver of a multi-node cluster must advertise a reachable IP."""
+    if cfg.ray.address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def _execute(cfg: RunConfig, flow_name: str) -> dict:
     from .server import prefect_api
+
+    keep_local_ray_on_loopback(cfg)
 
     with prefect_api(cfg.prefect.host, cfg.prefect.keep_server, cfg.prefect.startup_timeout_s) as api:
         console.print(f"Prefect API: {api.url}" + ("" if api.pid is None else f" (local server, pid {api.pid})"))

@@ -1,11 +1,13 @@
-"""Services tokenmill starts listen on 127.0.0.1 only: the run's Prefect server and Ray's dashboard."""
+"""Services tokenmill starts listen on 127.0.0.1 only: the run's Prefect server and the local Ray."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import psutil
 import pytest
 
-from flows.config import RayConfig
-from flows.runtime import ray_task_runner
 from flows.server import start_server, stop_server
 
 
@@ -32,16 +34,26 @@ def test_local_prefect_server_binds_loopback_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_dashboard_binds_loopback_only():
-    import ray
-
-    kwargs = ray_task_runner(RayConfig(num_cpus=1)).init_kwargs
-    context = ray.init(**kwargs)
-    try:
-        host, port = context.dashboard_url.rsplit(":", 1)
-        assert host == "127.0.0.1"
-        listeners = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN and c.laddr.port == int(port)}
-        assert listeners == {("127.0.0.1", int(port))}
-    finally:
-        ray.shutdown()
+def test_local_ray_binds_loopback_only():
+    """Every server of the local Ray tokenmill starts (GCS, raylet, workers, dashboard and its agents)."""
+    code = """
+import json, psutil
+from flows.cli import keep_local_ray_on_loopback
+from flows.config import RunConfig
+keep_local_ray_on_loopback(RunConfig())
+import ray
+from flows.config import RayConfig
+from flows.runtime import ray_task_runner
+context = ray.init(**ray_task_runner(RayConfig(num_cpus=1)).init_kwargs)
+ray.get(ray.remote(lambda: 1).remote())
+me = psutil.Process()
+family = {me.pid, *(c.pid for c in me.children(recursive=True))}
+ips = sorted({c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in family})
+print(json.dumps({"dashboard": context.dashboard_url, "ips": ips}))
+ray.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["dashboard"].startswith("127.0.0.1:")
+    assert found["ips"] and set(found["ips"]) <= {"127.0.0.1", "::ffff:127.0.0.1"}, found
