@@ -126,6 +126,24 @@ def evaluate_cmd(run_id: str = typer.Option(..., "--run-id", help="the run whose
     _execute(_config(config, run_id, output_dir, None, keep_server, set_), "evaluate")
 
 
+@app.command()
+def compare(run_ids: List[str] = typer.Argument(..., help="run ids (under --output-dir) or run directories"),
+            output_dir: Optional[str] = OutOpt,
+            out: Optional[Path] = typer.Option(None, "--out", help="also write the table as markdown here")):
+    """Metrics of several runs side by side: steps, final loss, val/held-out perplexity and bits per byte."""
+    from .report import compare_rows, markdown_table
+
+    base = RunConfig(output_dir=output_dir or "runs")
+    dirs = [r if Path(r).is_dir() else base.model_copy(update={"run_id": r}).run_dir for r in run_ids]
+    header, rows = compare_rows(dirs)
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if out:
+        out.write_text(markdown_table(header, rows) + "\n")
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -38,6 +38,7 @@ def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
     if "eval" in stats:
         e = stats["eval"]
         rows.append(("val perplexity (untrained)", f"{e['val_perplexity']:.1f} ({e['untrained_val_perplexity']:.1f})"))
+        rows.append(("held-out bits/byte (untrained)", f"{e['heldout_bits_per_byte']:.3f} ({e['untrained_heldout_bits_per_byte']:.3f})"))
     return rows
 
 
@@ -45,7 +46,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ⏎ ").strip()
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -54,33 +55,55 @@ def _table(header: list[str], rows: list[list]) -> str:
 def render_report(run_dir: str) -> str:
     stats = load_stats(run_dir)
     out = [f"# tokenmill run `{run_dir.rstrip('/').rsplit('/', 1)[-1]}`", "", f"Run directory: `{run_dir}`", "",
-           "## Summary", "", _table(["", "value"], [list(r) for r in summary_rows(stats)]), ""]
+           "## Summary", "", markdown_table(["", "value"], [list(r) for r in summary_rows(stats)]), ""]
     funnel = [[name, f"{s['docs_in']:,}", f"{s['docs_kept']:,}", f"{s['docs_rejected']:,}", f"{s['bytes_kept']:,}"]
               for name, s in stats.items() if name in DOC_STAGES]
     if funnel:
-        out += ["## Data funnel", "", _table(["stage", "docs in", "kept", "rejected", "bytes kept"], funnel), ""]
+        out += ["## Data funnel", "", markdown_table(["stage", "docs in", "kept", "rejected", "bytes kept"], funnel), ""]
         reasons = [[name, reason, f"{n:,}"] for name, s in stats.items() if name in DOC_STAGES for reason, n in s["rejected"].items()]
         if reasons:
-            out += ["### Rejected, by reason", "", _table(["stage", "reason", "docs"], reasons), ""]
+            out += ["### Rejected, by reason", "", markdown_table(["stage", "reason", "docs"], reasons), ""]
     if "minhash" in stats:
         m = stats["minhash"]
         out += ["## Near-duplicates (MinHash LSH)", "",
                 f"{m.get('bands')} bands x {m.get('rows')} rows, {m.get('candidate_pairs', 0):,} candidate pairs, "
                 f"{m.get('duplicates', 0):,} duplicates in {m.get('clusters', 0):,} multi-doc clusters.", "",
-                _table(["cluster size", "clusters"], [[k, v] for k, v in m.get("cluster_sizes", {}).items()]), ""]
+                markdown_table(["cluster size", "clusters"], [[k, v] for k, v in m.get("cluster_sizes", {}).items()]), ""]
     if "tokens" in stats:
         t = stats["tokens"]
         out += ["## Tokens", "", f"Byte-level BPE, vocab {t['tokenizer']['vocab_size']:,}.", "",
-                _table(["split", "shards", "sequences", "tokens"], [[s, t[s]["shards"], f"{t[s]['rows']:,}", f"{t[s]['tokens']:,}"] for s in ("train", "val")]), ""]
+                markdown_table(["split", "shards", "sequences", "tokens"], [[s, t[s]["shards"], f"{t[s]['rows']:,}", f"{t[s]['tokens']:,}"] for s in ("train", "val")]), ""]
     if "train" in stats:
         t = stats["train"]
-        out += ["## Training", "", _table(["steps", "tokens", "params", "final loss", "seconds"],
+        out += ["## Training", "", markdown_table(["steps", "tokens", "params", "final loss", "seconds"],
                                           [[t["steps"], f"{t['tokens']:,}", f"{t['params']:,}", f"{t['final_loss']:.4f}", t["seconds"]]]), ""]
     if "eval" in stats:
         e = stats["eval"]
-        out += ["## Evaluation", "", _table(["model", "val loss", "val perplexity"], [
-            ["trained", f"{e['val_loss']:.4f}", f"{e['val_perplexity']:.2f}"],
-            ["untrained", f"{e['untrained_val_loss']:.4f}", f"{e['untrained_val_perplexity']:.2f}"],
-        ]), "", f"On {e['val_tokens']:,} validation tokens.", "", "### Greedy samples", "",
-            _table(["prompt", "completion"], [[_cell(s["prompt"]), _cell(s["completion"])] for s in e["samples"]]), ""]
+        rows = [[f"{split} ({model})", f"{e[f'{p}{split}_loss']:.4f}", f"{e[f'{p}{split}_perplexity']:.2f}",
+                 f"{e[f'{p}{split}_bits_per_byte']:.3f}"]
+                for split in ("val", "heldout") for model, p in (("trained", ""), ("untrained", "untrained_"))]
+        out += ["## Evaluation", "", markdown_table(["set (model)", "loss", "perplexity", "bits/byte"], rows), "",
+                f"val: {e['val_tokens']:,} tokens of this run's validation shards; heldout: {e['heldout_tokens']:,} "
+                "tokens of WikiText-2 text shipped with tokenmill. Bits per byte do not depend on the tokenizer.", "",
+                "### Samples", "",
+                markdown_table(["prompt", "greedy", "sampled"], [[_cell(s["prompt"]), _cell(s["greedy"]), _cell(s["sampled"])]
+                                                          for s in e["samples"]]), ""]
     return "\n".join(out)
+
+
+COMPARED = (("train", "steps"), ("train", "final_loss"), ("eval", "val_perplexity"), ("eval", "val_bits_per_byte"),
+            ("eval", "heldout_perplexity"), ("eval", "heldout_bits_per_byte"))
+
+
+def compare_rows(run_dirs: list[str]) -> tuple[list[str], list[list[str]]]:
+    """A header and one row per run of the metrics runs can be compared on."""
+    header = ["run", *(key for _, key in COMPARED)]
+    rows = []
+    for run_dir in run_dirs:
+        stats = load_stats(run_dir)
+        cells = [run_dir.rstrip("/").rsplit("/", 1)[-1]]
+        for stage, key in COMPARED:
+            value = stats.get(stage, {}).get(key)
+            cells.append("-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.4g}")
+        rows.append(cells)
+    return header, rows

@@ -121,6 +121,8 @@ def test_evaluation_beats_the_untrained_model_and_report_is_written(run):
     run_dir, first, _, _ = run
     ev = json.loads((run_dir / "eval" / "_stats.json").read_text())
     assert ev["val_perplexity"] < ev["untrained_val_perplexity"]
+    assert 0 < ev["heldout_bits_per_byte"] < ev["untrained_heldout_bits_per_byte"]
+    assert {"greedy", "sampled"} <= set(ev["samples"][0])
     assert len(ev["samples"]) == 3
     report = (run_dir / "report.md").read_text()
     assert "## Data funnel" in report and "val perplexity" in report
@@ -172,3 +174,12 @@ def test_curate_killed_midway_then_rerun_gives_identical_output(run, tmp_path):
     assert not list(run_dir.rglob(".tmp-*"))
     resumed, expected = curated_files(run_dir), curated_files(reference)
     assert resumed.keys() == expected.keys() and resumed == expected
+
+
+def test_compare_tabulates_runs(run, tmp_path):
+    run_dir, _, _, _ = run
+    out = _tokenmill("compare", str(run_dir), "--out", str(tmp_path / "cmp.md"), cwd=tmp_path)
+    ev = json.loads((run_dir / "eval" / "_stats.json").read_text())
+    table = (tmp_path / "cmp.md").read_text()
+    assert "heldout_bits_per_byte" in table and f"{ev['heldout_bits_per_byte']:.4g}" in table
+    assert "val_perplexity" in out

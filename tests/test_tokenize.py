@@ -75,3 +75,16 @@ def test_rank_batches_do_not_overlap_and_resume_exactly():
     b = RankBatches(rows, 4, 0, 2, seed=7)
     b.load_state(a.state())
     assert all(np.array_equal(a.next(), b.next()) for _ in range(6))
+
+
+def test_token_byte_lengths_add_up_to_the_utf8_size_of_the_text(tokens, real_docs):
+    from training.evaluate import text_rows, token_byte_lengths
+
+    out, manifest, _, _ = tokens
+    tok = load_tokenizer(f"{out}/tokenizer.json")
+    lengths = token_byte_lengths(tok)
+    text = real_docs[0]["text"] + " Ünïcödé — 東京 ✓"
+    assert lengths[tok.encode(text).ids].sum() == len(text.encode("utf-8"))
+    assert lengths[tok.token_to_id(EOS)] == 0
+    rows = text_rows(tok, text, seq_len=16, max_rows=3)
+    assert rows.shape == (3, 17) and rows.flatten().tolist() == tok.encode(text).ids[:51]

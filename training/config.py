@@ -43,3 +43,5 @@ class EvalConfig(_Section):
     batch_size: int = 16
     prompts: list[str] = Field(default_factory=lambda: ["The city council", "In this article we", "Our company"])
     max_new_tokens: int = 40
+    temperature: float = Field(0.8, gt=0, description="for the sampled generations (the others are greedy)")
+    top_k: int | None = 40

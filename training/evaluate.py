@@ -1,4 +1,5 @@
-"""Evaluation of a trained model on the validation shards: loss, perplexity, samples."""
+"""Evaluation of a trained model: loss, perplexity and bits-per-byte on the run's validation shards
+and on held-out raw text shipped with tokenmill, next to the same architecture untrained; samples."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from pipeline.tokenize import EOS, load_tokenizer
 
@@ -13,6 +15,8 @@ from .checkpoint import load_model
 from .config import EvalConfig
 from .data import load_manifest, load_split
 from .model import Transformer
+
+HELDOUT = Path(__file__).parent / "data" / "heldout" / "wikitext2_valid_head.txt"
 
 
 @torch.no_grad()
@@ -27,32 +31,61 @@ def mean_loss(model: Transformer, rows: np.ndarray, batch_size: int) -> float:
     return total / count
 
 
-def samples(model: Transformer, tokens_dir: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    tokenizer = load_tokenizer(str(tokens_dir / "tokenizer.json"))
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token stands for. Byte-level BPE spells every byte as one character, so a
+    token's length is its byte count; special tokens stand for no text."""
+    special = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    lengths = np.zeros(tokenizer.get_vocab_size(), dtype=np.int64)
+    for token, idx in tokenizer.get_vocab().items():
+        lengths[idx] = 0 if token in special else len(token)
+    return lengths
+
+
+def text_rows(tokenizer: Tokenizer, text: str, seq_len: int, max_rows: int) -> np.ndarray:
+    ids = np.array(tokenizer.encode(text).ids, dtype=np.int64)
+    rows = min(max_rows, len(ids) // (seq_len + 1))
+    return ids[: rows * (seq_len + 1)].reshape(rows, seq_len + 1)
+
+
+def metrics(model: Transformer, rows: np.ndarray, byte_lengths: np.ndarray, batch_size: int) -> dict:
+    """Loss (nats/token), perplexity, and bits per UTF-8 byte of the predicted text, which does not
+    depend on the tokenizer, so runs with different vocabularies compare."""
+    loss = mean_loss(model, rows, batch_size)
+    tokens = rows[:, 1:].size
+    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": loss * tokens / math.log(2) / byte_lengths[rows[:, 1:]].sum()}
+
+
+def samples(model: Transformer, tokenizer: Tokenizer, cfg: EvalConfig, seed: int) -> list[dict]:
     eos = tokenizer.token_to_id(EOS)
     out = []
-    for prompt in prompts:
+    for prompt in cfg.prompts:
         ids = torch.tensor([tokenizer.encode(prompt).ids])
-        gen = model.generate(ids, max_new_tokens, temperature=0.0, eos_id=eos)[0, ids.shape[1] :].tolist()
-        out.append({"prompt": prompt, "completion": tokenizer.decode([t for t in gen if t != eos])})
+        row = {"prompt": prompt}
+        for name, temperature, top_k in (("greedy", 0.0, None), ("sampled", cfg.temperature, cfg.top_k)):
+            torch.manual_seed(seed)
+            gen = model.generate(ids, cfg.max_new_tokens, temperature=temperature, top_k=top_k, eos_id=eos)
+            row[name] = tokenizer.decode([t for t in gen[0, ids.shape[1] :].tolist() if t != eos])
+        out.append(row)
     return out
 
 
 def evaluate(train_dir: str | Path, tokens_dir: str | Path, cfg: EvalConfig, seed: int = 0) -> dict:
     train_dir, tokens_dir = Path(train_dir), Path(tokens_dir)
     manifest = load_manifest(tokens_dir)
-    val = load_split(tokens_dir, "val", manifest)[: cfg.max_val_rows]
+    tokenizer = load_tokenizer(str(tokens_dir / manifest["tokenizer"]))
+    byte_lengths = token_byte_lengths(tokenizer)
+    sets = {
+        "val": load_split(tokens_dir, "val", manifest)[: cfg.max_val_rows],
+        "heldout": text_rows(tokenizer, HELDOUT.read_text(encoding="utf-8"), manifest["seq_len"], cfg.max_val_rows),
+    }
     trained = load_model(train_dir)
     torch.manual_seed(seed)
     untrained = Transformer(trained.cfg).eval()  # same architecture, random init: the baseline
-    loss = mean_loss(trained, val, cfg.batch_size)
-    base = mean_loss(untrained, val, cfg.batch_size)
-    return {
-        "val_rows": int(len(val)),
-        "val_tokens": int(val[:, 1:].size),
-        "val_loss": loss,
-        "val_perplexity": math.exp(loss),
-        "untrained_val_loss": base,
-        "untrained_val_perplexity": math.exp(base),
-        "samples": samples(trained, tokens_dir, cfg.prompts, cfg.max_new_tokens),
-    }
+    result: dict = {"val_rows": int(len(sets["val"])), "val_tokens": int(sets["val"][:, 1:].size),
+                    "heldout_tokens": int(sets["heldout"][:, 1:].size)}
+    for name, rows in sets.items():
+        for prefix, model in (("", trained), ("untrained_", untrained)):
+            for key, value in metrics(model, rows, byte_lengths, cfg.batch_size).items():
+                result[f"{prefix}{name}_{key}"] = value
+    result["samples"] = samples(trained, tokenizer, cfg, seed)
+    return result
