@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -105,6 +105,16 @@ def stop_server(api: PrefectAPI, timeout_s: float = 20) -> None:
         shutil.rmtree(api.home, ignore_errors=True)
 
 
+def _api_settings(url: str):
+    """Prefect reads PREFECT_API_URL from the environment when it is imported; if it already was,
+    point its settings at this API too."""
+    if "prefect.settings" not in sys.modules:
+        return nullcontext()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: url})
+
+
 @contextmanager
 def prefect_api(host: str = "127.0.0.1", keep: bool = False, timeout_s: int = 120) -> Iterator[PrefectAPI]:
     """Yield the API this run uses, with PREFECT_API_URL set for this process and its children."""
@@ -114,7 +124,8 @@ def prefect_api(host: str = "127.0.0.1", keep: bool = False, timeout_s: int = 12
     api = start_server(host, timeout_s)
     os.environ["PREFECT_API_URL"] = api.url
     try:
-        yield api
+        with _api_settings(api.url):
+            yield api
     finally:
         if not keep:
             os.environ.pop("PREFECT_API_URL", None)

@@ -67,10 +67,9 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
             artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-deployed"])))
             return runs, artifacts
 
-    os.environ["PREFECT_API_URL"] = prefect_server.url
-    try:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         runs, artifacts = asyncio.run(read_back())
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
     assert [r.state.type.value for r in runs] == ["COMPLETED"]
     assert artifacts and "Data funnel" in artifacts[0].data
