@@ -52,3 +52,29 @@ def curated_files(run_dir: Path) -> dict[str, str]:
                 p.suffix in (".parquet", ".arrow") or p.name in ("tokenizer.json", "manifest.json")):
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def make_tokens(out: Path, docs: list[dict], seq_len: int = 32, vocab_size: int = 500) -> Path:
+    """Real token shards + manifest + tokenizer (what the curate flow writes) from real documents."""
+    from pipeline import io
+    from pipeline.config import TokenizerConfig, TokensConfig
+    from pipeline.documents import docs_table
+    from pipeline.tokenize import tokenize_part, train_tokenizer, write_manifest
+
+    part = str(out.parent / "minhash" / "part-00000.parquet")
+    rows = [{"id": f"doc{i}", "text": d["text"], "source": "s", "url": None, "meta": None} for i, d in enumerate(docs)]
+    io.write_parquet(part, docs_table(rows))
+    train_tokenizer([part], f"{out}/tokenizer.json", TokenizerConfig(vocab_size=vocab_size))
+    cfg = TokensConfig(seq_len=seq_len, val_fraction=0.2)
+    shards = tokenize_part(part, f"{out}/tokenizer.json", str(out), cfg)
+    write_manifest(str(out), f"{out}/tokenizer.json", shards, cfg, source_docs=len(rows))
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_tokens(tmp_path_factory) -> Path:
+    """Token shards of the bundled corpus's C4 sample, seq_len 32, vocab 500: enough rows for a
+    2-process job of ~20 steps of micro-batch 4."""
+    with open(CORPUS / "datajuicer_redpajama_c4_10docs.jsonl") as f:
+        docs = [json.loads(line) for line in f]
+    return make_tokens(tmp_path_factory.mktemp("run") / "tokens", docs)

@@ -1,6 +1,9 @@
 """Consolidated weights: model.safetensors + model_config.json, loadable without pickle."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,3 +32,63 @@ def load_model(weights_dir: str | Path, device: str = "cpu") -> Transformer:
         raise ValueError(f"{weights_dir}/model.safetensors does not match model_config.json: "
                          f"missing {missing}, unexpected {unexpected}")
     return model.to(device).eval()
+
+
+# DeepSpeed checkpoints: checkpoints/<tag>/ with DeepSpeed's files plus ds_config.json and
+# model_config.json, and a `latest` file naming the newest complete one.
+
+def latest_tag(ckpt_dir: str | Path) -> str | None:
+    latest = Path(ckpt_dir) / "latest"
+    return latest.read_text().strip() if latest.exists() else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(engine, ckpt_dir: Path, step: int, batches, ds_config: dict, model_cfg: ModelConfig,
+                    keep: int, rank: int, world: int) -> None:
+    """Save a checkpoint with every rank's data position and RNG state; `latest` moves to it only
+    once it is complete (a run killed while saving resumes from the previous one); keep the newest `keep`."""
+    ranks = [None] * world
+    torch.distributed.all_gather_object(ranks, {"data": batches.state(), "rng": torch.get_rng_state(),
+                                                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None})
+    tag = f"step{step:07d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "ranks": ranks}, save_latest=False)
+    if rank == 0:
+        (ckpt_dir / tag / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+        (ckpt_dir / tag / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
+        _write_atomic(ckpt_dir / "latest", tag)
+        for old in sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old)
+    torch.distributed.barrier()
+
+
+def resume(engine, ckpt_dir: Path, model_cfg: ModelConfig, batches, rank: int) -> int:
+    """Load the latest checkpoint if there is one (model, optimizer, LR schedule, data position, RNG);
+    return the step it was taken at (0 when starting fresh)."""
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return 0
+    saved = ModelConfig.model_validate_json((ckpt_dir / tag / "model_config.json").read_text())
+    if saved != model_cfg:
+        diff = {k: (v, getattr(model_cfg, k)) for k, v in saved.model_dump().items() if getattr(model_cfg, k) != v}
+        raise ValueError(f"{ckpt_dir / tag} was trained with a different model (checkpoint vs now: {diff}); "
+                         "the tokens or train.model changed since; use a new run id or delete the checkpoints")
+    _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if client is None:
+        raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
+    world = torch.distributed.get_world_size()
+    if len(client["ranks"]) != world:
+        raise ValueError(f"{ckpt_dir / tag} was saved by {len(client['ranks'])} processes, this run has {world}; "
+                         "an exact resume needs the same train.nproc")
+    mine = client["ranks"][rank]
+    batches.load_state(mine["data"])
+    torch.set_rng_state(mine["rng"])
+    if mine["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda_rng"])
+    if rank == 0:
+        print(f"resumed from {ckpt_dir / tag} at step {client['step']}", flush=True)
+    return client["step"]

@@ -29,6 +29,7 @@ class TrainConfig(_Section):
     grad_clip: float = 1.0
     seed: int = 1234
     save_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     log_every: int = Field(10, ge=1)
     threads_per_proc: int | None = Field(None, description="CPU threads per process (default: cores / nproc)")
 

@@ -18,7 +18,7 @@ import torch
 
 from .config import TrainConfig
 from .data import RankBatches, load_manifest, load_split
-from .checkpoint import save_weights
+from .checkpoint import resume, save_checkpoint, save_weights
 from .model import Transformer
 
 
@@ -79,6 +79,17 @@ def consolidated_state(engine, zero_stage: int, rank: int) -> dict | None:
     return engine.module.state_dict() if rank == 0 else None
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric lines of steps <= `step` (the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines(keepends=True)
+             if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
+
+
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     cfg = TrainConfig(**job["train"])
@@ -101,20 +112,19 @@ def main(job_path: str) -> None:
 
     batches = RankBatches(load_split(tokens_dir, "train", manifest), cfg.micro_batch, rank, world, cfg.seed)
     ckpt_dir = out_dir / "checkpoints"
-    step = 0
-    if (ckpt_dir / "latest").exists():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
-        step = client["step"]
-        batches.load_state(client["data"][rank])
-        if rank == 0:
-            print(f"resumed from {ckpt_dir / (ckpt_dir / 'latest').read_text().strip()} at step {step}", flush=True)
+    step = resume(engine, ckpt_dir, model_cfg, batches, rank)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "ds_config.json").write_text(json.dumps(config, indent=2))
+        # Lines past the checkpoint were written by the run that was killed; they are recomputed now.
+        truncate_metrics(out_dir / "metrics.jsonl", step)
         print(f"model: {model_cfg.num_params():,} params, {world} x {device.type} process(es), ZeRO-{cfg.zero_stage}, "
               f"{cfg.precision}, global batch {config['train_batch_size']} x {manifest['seq_len']} tokens", flush=True)
 
     tokens_per_step = config["train_batch_size"] * manifest["seq_len"]
+    # Slows each step down without changing what it computes: lets the kill/resume test (or a demo)
+    # stop a tiny run from outside while it is still running.
+    step_delay = float(os.environ.get("TOKENMILL_STEP_DELAY_S", "0"))
     metrics = open(out_dir / "metrics.jsonl", "a") if rank == 0 else None
     started, first_step, last = time.perf_counter(), step, None
     while step < cfg.max_steps:
@@ -152,12 +162,9 @@ def main(job_path: str) -> None:
                 eta = elapsed / (step - first_step) * (cfg.max_steps - step)
                 print(f"step {step}/{cfg.max_steps}  loss {loss_value:.4f}  lr {last['lr']:.2e}  "
                       f"grad_norm {last['grad_norm']:.3f}  {last['tokens_per_s']:,.0f} tok/s  eta {eta:.0f}s", flush=True)
+        time.sleep(step_delay)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            data_state = [None] * world
-            torch.distributed.all_gather_object(data_state, batches.state())
-            engine.save_checkpoint(str(ckpt_dir), tag=f"step{step:07d}", client_state={"step": step, "data": data_state})
-            if rank == 0:
-                (ckpt_dir / f"step{step:07d}" / "ds_config.json").write_text(json.dumps(config, indent=2))
+            save_checkpoint(engine, ckpt_dir, step, batches, config, model_cfg, cfg.keep_checkpoints, rank, world)
 
     state = consolidated_state(engine, cfg.zero_stage, rank)
     if rank == 0:

@@ -1,0 +1,73 @@
+"""Exact resume: a 2-process job SIGKILLed mid-way and restarted continues the loss curve of an
+uninterrupted run (CPU, fp32, gloo), for ZeRO-2 and ZeRO-3."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from training.config import TrainConfig
+from training.launch import command, environment, run_job, write_job
+
+STEPS, SAVE_EVERY = 12, 4
+
+
+def tiny_job(stage: int, **kw) -> TrainConfig:
+    return TrainConfig(**{"model": dict(n_layer=2, n_head=4, d_model=64), "zero_stage": stage, "nproc": 2,
+                          "micro_batch": 4, "max_steps": STEPS, "warmup_steps": 2, "save_every": SAVE_EVERY,
+                          "log_every": 1, "threads_per_proc": 1, "keep_checkpoints": 2, **kw})
+
+
+def metrics(train_dir) -> list[dict]:
+    path = train_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def reference_runs(train_tokens):
+    """Uninterrupted runs, one per stage, in the layout of a run directory (tokens/ beside train-zN/)."""
+    return {stage: train_tokens.parent / f"train-z{stage}" for stage in (2, 3)
+            if run_job(tiny_job(stage), str(train_tokens), str(train_tokens.parent / f"train-z{stage}"), on_line=lambda _: None)}
+
+
+def kill_mid_way(cfg: TrainConfig, tokens, train_dir, after_step: int) -> None:
+    """Start the job as its own process group, SIGKILL the whole group once `after_step` is logged."""
+    env = {**environment(cfg), "TOKENMILL_STEP_DELAY_S": "0.3"}
+    proc = subprocess.Popen(command(cfg, write_job(cfg, str(tokens), str(train_dir))), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not any(m["step"] >= after_step for m in metrics(train_dir)):
+            assert proc.poll() is None, f"job exited with {proc.returncode} before step {after_step}"
+            assert time.monotonic() < deadline, "job did not reach the kill step in time"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_sigkilled_run_resumes_with_the_uninterrupted_loss_curve(stage, train_tokens, reference_runs, tmp_path):
+    cfg, train_dir = tiny_job(stage), tmp_path / "train"
+    reference = metrics(reference_runs[stage])
+    assert [m["step"] for m in reference] == list(range(1, STEPS + 1))
+    assert reference[-1]["loss"] < reference[0]["loss"] - 0.3  # it learns
+
+    kill_mid_way(cfg, train_tokens, train_dir, after_step=SAVE_EVERY + 2)
+    assert not (train_dir / "summary.json").exists()
+    assert (train_dir / "checkpoints" / "latest").read_text().startswith("step")
+    lines = []
+    summary = run_job(cfg, str(train_tokens), str(train_dir), on_line=lines.append)
+    assert any(line.startswith("resumed from") for line in lines) and summary["steps"] == STEPS
+
+    resumed = metrics(train_dir)
+    assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))  # no duplicate lines from the killed run
+    for ref, got in zip(reference, resumed):
+        assert abs(ref["loss"] - got["loss"]) <= 1e-6, (ref, got)
+        assert abs(ref["lr"] - got["lr"]) <= 1e-12 and abs(ref["grad_norm"] - got["grad_norm"]) <= 1e-5
+    ckpts = train_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step*")) == ["step0000008", "step0000012"]  # keep_checkpoints=2
+    assert (ckpts / "latest").read_text() == "step0000012"
+    assert json.loads((ckpts / "step0000012" / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
