@@ -192,5 +192,23 @@ def trigger(deployment: str = typer.Argument(..., help="FLOW/DEPLOYMENT, e.g. en
         raise typer.Exit(1)
 
 
+@app.command("export")
+def export_cmd(run: str = typer.Argument(..., help="run id (under --output-dir) or path of a run directory"),
+               out: str = typer.Option(..., "--out", help="directory to write the Hugging Face model to"),
+               output_dir: Optional[str] = OutOpt):
+    """Export a run's latest checkpoint (any ZeRO stage, consolidated to fp32) as a Hugging Face Llama model."""
+    from pathlib import Path
+
+    from training.export import export_run
+
+    run_dir = Path(run) if Path(run, "tokens").is_dir() else Path(output_dir or "runs") / run
+    try:
+        path = export_run(run_dir, out)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]export failed:[/red] {e}")
+        raise typer.Exit(1)
+    console.print(f"Hugging Face model written to {path} (load it with LlamaForCausalLM.from_pretrained)")
+
+
 if __name__ == "__main__":
     app()

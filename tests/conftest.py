@@ -78,3 +78,34 @@ def train_tokens(tmp_path_factory) -> Path:
     with open(CORPUS / "datajuicer_redpajama_c4_10docs.jsonl") as f:
         docs = [json.loads(line) for line in f]
     return make_tokens(tmp_path_factory.mktemp("run") / "tokens", docs)
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config():
+    """A 2-process job of a ~140k-parameter model: 12 steps of 2 x 4 sequences of 32 tokens."""
+    from training.config import TrainConfig
+
+    def make(stage: int, **kw) -> TrainConfig:
+        return TrainConfig(**{"model": dict(n_layer=2, n_head=4, d_model=64), "zero_stage": stage, "nproc": 2,
+                              "micro_batch": 4, "max_steps": 12, "warmup_steps": 2, "save_every": 4,
+                              "log_every": 1, "threads_per_proc": 1, "keep_checkpoints": 2, **kw})
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(train_tokens, tiny_train_config):
+    """trained_run(stage) -> a run directory (tokens/, train/) trained with tiny_train_config(stage);
+    each stage is trained once per session and shared by the tests that need it."""
+    from training.launch import run_job
+
+    runs = {}
+
+    def get(stage: int) -> Path:
+        if stage not in runs:
+            run = train_tokens.parent.parent / f"run-zero{stage}"
+            run.mkdir()
+            (run / "tokens").symlink_to(train_tokens)
+            run_job(tiny_train_config(stage), str(run / "tokens"), str(run / "train"), on_line=lambda _: None)
+            runs[stage] = run
+        return runs[stage]
+    return get

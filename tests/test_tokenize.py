@@ -88,3 +88,11 @@ def test_token_byte_lengths_add_up_to_the_utf8_size_of_the_text(tokens, real_doc
     assert lengths[tok.token_to_id(EOS)] == 0
     rows = text_rows(tok, text, seq_len=16, max_rows=3)
     assert rows.shape == (3, 17) and rows.flatten().tolist() == tok.encode(text).ids[:51]
+
+
+def test_vocab_size_mismatch_between_manifest_and_tokenizer_is_rejected(tokens):
+    out, manifest, _, _ = tokens
+    path = f"{out}/manifest.json"
+    open(path, "w").write(json.dumps({**manifest, "vocab_size": 800}))
+    with pytest.raises(ManifestError, match="vocab_size 800 but .*tokenizer.json has 500 tokens"):
+        load_manifest(out)

@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import pytest
 
 from training.config import TrainConfig
@@ -26,3 +29,30 @@ def test_a_failing_job_reports_its_cause(tmp_path):
         run_job(TrainConfig(nproc=1), str(tmp_path / "no-tokens"), str(tmp_path / "train"), on_line=lines.append)
     assert "full log:" in str(err.value) and (tmp_path / "train" / "train.log").exists()
     assert lines[0].startswith("launching:")
+
+
+def metrics(train_dir):
+    return [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_every_zero_stage_reduces_the_loss_with_two_processes(stage, trained_run):
+    train = trained_run(stage) / "train"
+    losses = [m["loss"] for m in metrics(train)]
+    assert len(losses) == 12 and losses[-1] < losses[0] - 0.3
+    summary = json.loads((train / "summary.json").read_text())
+    assert summary["zero_stage"] == stage and summary["world_size"] == 2
+    assert json.loads((train / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
+
+
+def test_a_diverging_run_stops_with_the_step_and_a_hint(train_tokens, tiny_train_config, tmp_path):
+    cfg = tiny_train_config(0, nproc=1, lr=1e30, warmup_steps=1)
+    with pytest.raises(JobFailed, match=r"loss is (nan|inf) at step \d+: lower train.lr"):
+        run_job(cfg, str(train_tokens), str(tmp_path / "train"), on_line=lambda _: None)
+
+
+def test_resuming_with_a_different_model_is_refused(trained_run, tiny_train_config, tmp_path):
+    shutil.copytree(trained_run(0) / "train" / "checkpoints", tmp_path / "train" / "checkpoints")
+    cfg = tiny_train_config(0, nproc=1, model=dict(n_layer=2, n_head=4, d_model=32))
+    with pytest.raises(JobFailed, match=r"different model \(checkpoint vs now: \{'d_model': \(64, 32\)\}\)"):
+        run_job(cfg, str(trained_run(0) / "tokens"), str(tmp_path / "train"), on_line=lambda _: None)

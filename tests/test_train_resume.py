@@ -11,25 +11,10 @@ import pytest
 from training.config import TrainConfig
 from training.launch import command, environment, run_job, write_job
 
-STEPS, SAVE_EVERY = 12, 4
-
-
-def tiny_job(stage: int, **kw) -> TrainConfig:
-    return TrainConfig(**{"model": dict(n_layer=2, n_head=4, d_model=64), "zero_stage": stage, "nproc": 2,
-                          "micro_batch": 4, "max_steps": STEPS, "warmup_steps": 2, "save_every": SAVE_EVERY,
-                          "log_every": 1, "threads_per_proc": 1, "keep_checkpoints": 2, **kw})
-
 
 def metrics(train_dir) -> list[dict]:
     path = train_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-@pytest.fixture(scope="module")
-def reference_runs(train_tokens):
-    """Uninterrupted runs, one per stage, in the layout of a run directory (tokens/ beside train-zN/)."""
-    return {stage: train_tokens.parent / f"train-z{stage}" for stage in (2, 3)
-            if run_job(tiny_job(stage), str(train_tokens), str(train_tokens.parent / f"train-z{stage}"), on_line=lambda _: None)}
 
 
 def kill_mid_way(cfg: TrainConfig, tokens, train_dir, after_step: int) -> None:
@@ -49,21 +34,21 @@ def kill_mid_way(cfg: TrainConfig, tokens, train_dir, after_step: int) -> None:
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_sigkilled_run_resumes_with_the_uninterrupted_loss_curve(stage, train_tokens, reference_runs, tmp_path):
-    cfg, train_dir = tiny_job(stage), tmp_path / "train"
-    reference = metrics(reference_runs[stage])
-    assert [m["step"] for m in reference] == list(range(1, STEPS + 1))
-    assert reference[-1]["loss"] < reference[0]["loss"] - 0.3  # it learns
+def test_sigkilled_run_resumes_with_the_uninterrupted_loss_curve(stage, train_tokens, trained_run, tiny_train_config, tmp_path):
+    cfg, train_dir = tiny_train_config(stage), tmp_path / "train"
+    reference = metrics(trained_run(stage) / "train")
+    steps = list(range(1, cfg.max_steps + 1))
+    assert [m["step"] for m in reference] == steps
 
-    kill_mid_way(cfg, train_tokens, train_dir, after_step=SAVE_EVERY + 2)
+    kill_mid_way(cfg, train_tokens, train_dir, after_step=cfg.save_every + 2)
     assert not (train_dir / "summary.json").exists()
     assert (train_dir / "checkpoints" / "latest").read_text().startswith("step")
     lines = []
     summary = run_job(cfg, str(train_tokens), str(train_dir), on_line=lines.append)
-    assert any(line.startswith("resumed from") for line in lines) and summary["steps"] == STEPS
+    assert any(line.startswith("resumed from") for line in lines) and summary["steps"] == cfg.max_steps
 
     resumed = metrics(train_dir)
-    assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))  # no duplicate lines from the killed run
+    assert [m["step"] for m in resumed] == steps  # no duplicate lines from the killed run
     for ref, got in zip(reference, resumed):
         assert abs(ref["loss"] - got["loss"]) <= 1e-6, (ref, got)
         assert abs(ref["lr"] - got["lr"]) <= 1e-12 and abs(ref["grad_norm"] - got["grad_norm"]) <= 1e-5

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+from tokenizers import Tokenizer
 
 from pipeline.io import sha256_file
 
@@ -25,6 +26,9 @@ def load_manifest(tokens_dir: str | Path, verify: bool = True) -> dict:
         tok = tokens_dir / manifest["tokenizer"]
         if sha256_file(str(tok)) != manifest["tokenizer_sha256"]:
             raise ManifestError(f"{tok}: sha256 differs from the manifest; the tokenizer changed after tokenization")
+        vocab = Tokenizer.from_file(str(tok)).get_vocab_size()
+        if vocab != manifest["vocab_size"]:
+            raise ManifestError(f"{path}: vocab_size {manifest['vocab_size']} but {tok} has {vocab} tokens")
         for shard in manifest["shards"]:
             if sha256_file(str(tokens_dir / shard["file"])) != shard["sha256"]:
                 raise ManifestError(f"{tokens_dir / shard['file']}: sha256 differs from the manifest (corrupt or rewritten shard)")

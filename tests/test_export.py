@@ -1,0 +1,42 @@
+"""`tokenmill export`: a ZeRO checkpoint of any stage -> a Hugging Face Llama directory that
+transformers loads and that computes the same logits as our model."""
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from flows.cli import app
+from training.checkpoint import load_model
+from training.export import consolidate
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_export_loads_in_transformers_with_the_same_logits(stage, trained_run, tmp_path):
+    run = trained_run(stage)
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "hf")
+    ours = load_model(run / "train")  # the weights the job consolidated itself at the end
+    ids = torch.tensor([tok("The city council said on Monday that the new plan would")["input_ids"]])
+    assert tok.decode(ids[0]) == "The city council said on Monday that the new plan would"
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, ours(ids), atol=1e-4, rtol=0)
+    assert tok.eos_token == "<|endoftext|>" and hf.config.eos_token_id == tok.eos_token_id
+
+
+def test_consolidated_zero_checkpoints_equal_the_trained_weights(trained_run):
+    for stage in (2, 3):
+        run = trained_run(stage)
+        state, cfg = consolidate(run / "train" / "checkpoints")
+        trained = load_model(run / "train").state_dict()
+        assert cfg == load_model(run / "train").cfg
+        assert all(torch.equal(state[k], trained[k]) for k in trained)
+
+
+def test_export_of_an_untrained_run_says_so(tmp_path):
+    result = CliRunner().invoke(app, ["export", "nope", "--output-dir", str(tmp_path), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 1 and "not a curated run directory" in result.output

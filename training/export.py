@@ -1,0 +1,137 @@
+"""Export a run's model as a Hugging Face Llama directory (config.json, model.safetensors, tokenizer).
+
+The weights come from the latest DeepSpeed checkpoint of any ZeRO stage, consolidated to fp32 with
+DeepSpeed's zero_to_fp32 (the fp32 master weights, also for bf16/fp16 runs). Our model is Llama's
+architecture (same RMSNorm, half-split rotary embeddings, SwiGLU, GQA), so export is a renaming.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from pipeline.tokenize import EOS
+
+from .checkpoint import TIED, latest_tag
+from .model import ModelConfig
+
+
+@contextmanager
+def _weights_only_loads():
+    """DeepSpeed's checkpoint readers call torch.load(weights_only=False); force weights_only=True
+    (no code runs while unpickling) and allow the few plain DeepSpeed classes its files hold."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
+
+
+def consolidate(ckpt_dir: str | Path, tag: str | None = None) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """fp32 weights of a checkpoint (default: `latest`) as one state dict, with its model config."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag or latest_tag(ckpt_dir)
+    if tag is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint (no 'latest' file); train the run first")
+    cfg = ModelConfig.model_validate_json((ckpt_dir / tag / "model_config.json").read_text())
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    with _weights_only_loads():
+        if list((ckpt_dir / tag).glob("*zero_pp_rank_*_optim_states.pt")):  # ZeRO 1-3, or bf16 master weights
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        else:  # ZeRO-0 fp32: the module's own weights are the master weights
+            state = torch.load(ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+    return {k: v.float() for k, v in state.items()}, cfg
+
+
+def hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our parameter names -> LlamaForCausalLM's (own contiguous copies; the tied head left out)."""
+    rename = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", TIED: TIED}
+    block_parts = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "attn": "self_attn", "mlp": "mlp"}
+    out = {}
+    for name, tensor in state.items():
+        if cfg.tie_embeddings and name == TIED:
+            continue
+        if name.startswith("blocks."):
+            _, i, part, rest = name.split(".", 3)
+            hf = f"model.layers.{i}.{block_parts[part]}.{rest}"
+        else:
+            hf = rename[name]
+        out[hf] = tensor.detach().float().cpu().clone().contiguous()
+    return out
+
+
+def hf_config(cfg: ModelConfig, eos_id: int) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ffn_hidden,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": 0.02,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+    }
+
+
+def export_hf(ckpt_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path) -> Path:
+    """Write the Hugging Face directory; return its path."""
+    from tokenizers import Tokenizer
+
+    state, cfg = consolidate(ckpt_dir)
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    if tokenizer.get_vocab_size() != cfg.vocab_size:
+        raise ValueError(f"{tokenizer_path} has {tokenizer.get_vocab_size()} tokens, the model {cfg.vocab_size}")
+    eos_id = tokenizer.token_to_id(EOS)
+    if eos_id is None:
+        raise ValueError(f"{tokenizer_path} has no {EOS} token")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(hf_state_dict(state, cfg), str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, eos_id), indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": eos_id, "eos_token_id": eos_id}, indent=2))
+    shutil.copyfile(tokenizer_path, out / "tokenizer.json")
+    special = {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS}
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.seq_len,
+         "clean_up_tokenization_spaces": False, **special}, indent=2))
+    return out
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """`tokenmill export`: the run's latest checkpoint and its tokenizer as a Hugging Face directory."""
+    run_dir = Path(run_dir)
+    manifest = run_dir / "tokens" / "manifest.json"
+    if not manifest.exists():
+        raise FileNotFoundError(f"{manifest} not found: {run_dir} is not a curated run directory")
+    tokenizer = run_dir / "tokens" / json.loads(manifest.read_text())["tokenizer"]
+    return export_hf(run_dir / "train" / "checkpoints", tokenizer, out_dir)
