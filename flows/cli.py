@@ -197,8 +197,6 @@ def export_cmd(run: str = typer.Argument(..., help="run id (under --output-dir) 
                out: str = typer.Option(..., "--out", help="directory to write the Hugging Face model to"),
                output_dir: Optional[str] = OutOpt):
     """Export a run's latest checkpoint (any ZeRO stage, consolidated to fp32) as a Hugging Face Llama model."""
-    from pathlib import Path
-
     from training.export import export_run
 
     run_dir = Path(run) if Path(run, "tokens").is_dir() else Path(output_dir or "runs") / run
