@@ -1,10 +1,16 @@
-"""The train flow: run the DeepSpeed job as its own processes and stream its progress to the flow log."""
+"""The train flow: run the DeepSpeed job as its own processes, stream its progress to the flow log,
+and publish its loss curve (PNG) and final table as Prefect artifacts."""
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_image_artifact, create_table_artifact
 
 from pipeline import io
 from training import launch
+from training.metrics import final_table, loss_curve_png, read_metrics
 
 from .config import RunConfig
 from .runtime import stage
@@ -17,12 +23,29 @@ def run_training_job(config: RunConfig) -> dict:
     return launch.run_job(config.train, tokens_dir, out_dir, on_line=logger.info)
 
 
+@task(name="publish-training-artifacts")
+def publish_artifacts(config: RunConfig, summary: dict) -> None:
+    train_dir = Path(config.run_dir) / "train"
+    metrics = read_metrics(train_dir / "metrics.jsonl")
+    png = (train_dir / "loss.png").read_bytes()
+    key = config.run_id.lower().replace("_", "-")
+    create_image_artifact("data:image/png;base64," + base64.b64encode(png).decode(), key=f"loss-curve-{key}",
+                          description=f"training loss and learning rate per step ({train_dir / 'loss.png'})")
+    create_table_artifact(final_table(summary, metrics), key=f"training-{key}", description="training job summary")
+
+
 @flow(name="train", log_prints=True)
 def train(config: RunConfig) -> dict:
+    out_dir = io.join(config.run_dir, "train")
+
     def job():
         summary = run_training_job(config)
-        io.write_json(io.join(config.run_dir, "train", "_stats.json"), summary)
-        io.mark_done(io.join(config.run_dir, "train"))
+        png = loss_curve_png(read_metrics(Path(out_dir, "metrics.jsonl")), title=f"tokenmill {config.run_id}: training loss")
+        Path(out_dir, "loss.png").write_bytes(png)
+        io.write_json(io.join(out_dir, "_stats.json"), summary)
+        io.mark_done(out_dir)
         return summary
 
-    return stage(config.run_dir, "train", job)
+    summary = stage(config.run_dir, "train", job)
+    publish_artifacts(config, summary)
+    return summary

@@ -82,13 +82,15 @@ def train_tokens(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_train_config():
-    """A 2-process job of a ~140k-parameter model: 12 steps of 2 x 4 sequences of 32 tokens."""
+    """A 2-process job of a ~140k-parameter model: 12 steps of 2 x 4 sequences of 32 tokens
+    (ZeRO-1 with activation checkpointing, so one stage exercises it through DeepSpeed)."""
     from training.config import TrainConfig
 
     def make(stage: int, **kw) -> TrainConfig:
         return TrainConfig(**{"model": dict(n_layer=2, n_head=4, d_model=64), "zero_stage": stage, "nproc": 2,
                               "micro_batch": 4, "max_steps": 12, "warmup_steps": 2, "save_every": 4,
-                              "log_every": 1, "threads_per_proc": 1, "keep_checkpoints": 2, **kw})
+                              "log_every": 1, "threads_per_proc": 1, "keep_checkpoints": 2,
+                              "activation_checkpointing": stage == 1, **kw})
     return make
 
 

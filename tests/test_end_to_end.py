@@ -115,6 +115,7 @@ def test_training_reduced_the_loss_and_wrote_checkpoints(run):
     summary = json.loads((run_dir / "train" / "_stats.json").read_text())
     assert summary["world_size"] == 2 and summary["zero_stage"] == 2 and summary["steps"] == 40
     assert (run_dir / "train" / "model.safetensors").exists()
+    assert (run_dir / "train" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # published as an artifact too
 
 
 def test_evaluation_beats_the_untrained_model_and_report_is_written(run):

@@ -51,3 +51,16 @@ def test_safetensors_round_trip_with_tied_embeddings(tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.embed.weight.data_ptr()
     out = loaded.generate(idx[:, :4], 5)
     assert out.shape == (2, 9)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = Transformer(small())
+    idx = torch.randint(0, 300, (2, 16))
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.checkpoint_activations = checkpointing
+        model(idx[:, :-1], idx[:, 1:]).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))

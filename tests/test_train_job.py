@@ -14,6 +14,13 @@ def test_ds_config_is_generated_from_the_train_config():
     assert ds["train_batch_size"] == 16 and ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
     assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["torch_adam"]
     assert ds["scheduler"]["params"]["total_num_steps"] == 100
+    assert "offload_optimizer" not in ds["zero_optimization"] and not ds["fp16"]["enabled"]
+    offload = ds_config(TrainConfig(zero_stage=2, precision="fp16", offload_optimizer=True), world_size=8)
+    assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert not offload["optimizer"]["params"]["torch_adam"]  # ZeRO-Offload steps with DeepSpeed's CPU Adam
+    assert offload["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    with pytest.raises(ValueError, match="offload_optimizer needs train.zero_stage >= 1"):
+        TrainConfig(zero_stage=0, offload_optimizer=True)
 
 
 def test_launch_command_is_an_argv_not_a_shell_string(tmp_path):
@@ -43,6 +50,7 @@ def test_every_zero_stage_reduces_the_loss_with_two_processes(stage, trained_run
     summary = json.loads((train / "summary.json").read_text())
     assert summary["zero_stage"] == stage and summary["world_size"] == 2
     assert json.loads((train / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
+    assert json.loads((train / "job.json").read_text())["train"]["activation_checkpointing"] == (stage == 1)
 
 
 def test_a_diverging_run_stops_with_the_step_and_a_hint(train_tokens, tiny_train_config, tmp_path):

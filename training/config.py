@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .model import PRESETS, ModelConfig
 
@@ -27,11 +27,19 @@ class TrainConfig(_Section):
     warmup_steps: int = 30
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward (less memory)")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state on the CPU (GPU runs, zero_stage >= 1)")
     seed: int = 1234
     save_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     log_every: int = Field(10, ge=1)
     threads_per_proc: int | None = Field(None, description="CPU threads per process (default: cores / nproc)")
+
+    @model_validator(mode="after")
+    def _check_offload(self):
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("train.offload_optimizer needs train.zero_stage >= 1 (ZeRO partitions what it offloads)")
+        return self
 
     def resolve_model(self, vocab_size: int, seq_len: int) -> ModelConfig:
         if self.preset not in PRESETS:

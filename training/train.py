@@ -19,11 +19,16 @@ import torch
 from .config import TrainConfig
 from .data import RankBatches, load_manifest, load_split
 from .checkpoint import resume, save_checkpoint, save_weights
+from .metrics import mfu, peak_bf16_flops
 from .model import Transformer
 
 
 def ds_config(cfg: TrainConfig, world_size: int) -> dict:
     """The DeepSpeed JSON generated from our config (saved beside the checkpoints)."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        # ZeRO-Offload: optimizer state and step on the CPU (DeepSpeed's CPU Adam, built on first use).
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch,
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -32,7 +37,8 @@ def ds_config(cfg: TrainConfig, world_size: int) -> dict:
         "optimizer": {
             "type": "AdamW",
             # torch_adam: PyTorch's AdamW instead of DeepSpeed's compiled one (an ~85 s build on CPU).
-            "params": {"lr": cfg.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": cfg.weight_decay, "torch_adam": True},
+            "params": {"lr": cfg.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": cfg.weight_decay,
+                       "torch_adam": not cfg.offload_optimizer},
         },
         "scheduler": {
             "type": "WarmupCosineLR",
@@ -43,9 +49,10 @@ def ds_config(cfg: TrainConfig, world_size: int) -> dict:
                 "cos_min_ratio": cfg.min_lr_ratio,
             },
         },
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": cfg.precision == "bf16"},
-        "fp16": {"enabled": cfg.precision == "fp16"},
+        # fp16: dynamic loss scaling (loss_scale 0), starting at 2^16.
+        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -79,6 +86,18 @@ def consolidated_state(engine, zero_stage: int, rank: int) -> dict | None:
     return engine.module.state_dict() if rank == 0 else None
 
 
+def train_step(engine, batches: RankBatches, grad_accum: int, device) -> torch.Tensor:
+    """One optimizer step over grad_accum micro-batches; returns this rank's mean loss."""
+    loss_sum = torch.zeros((), device=device)
+    for _ in range(grad_accum):
+        batch = torch.from_numpy(batches.next().astype("int64")).to(device)
+        loss = engine(batch[:, :-1], batch[:, 1:])
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().float()
+    return loss_sum / grad_accum
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the metric lines of steps <= `step` (the checkpoint a run resumes from)."""
     if not path.exists():
@@ -106,6 +125,7 @@ def main(job_path: str) -> None:
     model_cfg = cfg.resolve_model(manifest["vocab_size"], manifest["seq_len"])
     torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg)
+    model.checkpoint_activations = cfg.activation_checkpointing
     config = ds_config(cfg, world)
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=config)
     device = engine.device
@@ -125,19 +145,21 @@ def main(job_path: str) -> None:
     # Slows each step down without changing what it computes: lets the kill/resume test (or a demo)
     # stop a tiny run from outside while it is still running.
     step_delay = float(os.environ.get("TOKENMILL_STEP_DELAY_S", "0"))
+    peak_flops = peak_bf16_flops() if device.type == "cuda" else None
     metrics = open(out_dir / "metrics.jsonl", "a") if rank == 0 else None
     started, first_step, last = time.perf_counter(), step, None
     while step < cfg.max_steps:
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(cfg.grad_accum):
-            batch = torch.from_numpy(batches.next().astype("int64")).to(device)
-            loss = engine(batch[:, :-1], batch[:, 1:])
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.detach().float()
+        try:
+            loss_avg = train_step(engine, batches, cfg.grad_accum, device)
+        except torch.OutOfMemoryError as e:
+            raise torch.OutOfMemoryError(
+                f"out of GPU memory at step {step + 1} with preset {cfg.preset} {model_cfg.num_params():,} params, "
+                f"micro_batch {cfg.micro_batch} x seq_len {model_cfg.seq_len}, ZeRO-{cfg.zero_stage}, {cfg.precision}, "
+                f"activation_checkpointing {cfg.activation_checkpointing}: lower train.micro_batch (raise grad_accum to keep "
+                "the global batch), turn on train.activation_checkpointing, or use a higher zero_stage / offload_optimizer"
+            ) from e
         step += 1
-        loss_avg = loss_sum / cfg.grad_accum
         torch.distributed.all_reduce(loss_avg)
         loss_value = loss_avg.item() / world
         if not math.isfinite(loss_value):
@@ -154,6 +176,8 @@ def main(job_path: str) -> None:
             "tokens_per_s": tokens_per_step / seconds,
             "seconds": seconds,
         }
+        if peak_flops:
+            last["mfu"] = mfu(model_cfg.flops_per_token(), last["tokens_per_s"], peak_flops)
         if metrics:
             metrics.write(json.dumps(last) + "\n")
             metrics.flush()
@@ -161,7 +185,8 @@ def main(job_path: str) -> None:
                 elapsed = time.perf_counter() - started
                 eta = elapsed / (step - first_step) * (cfg.max_steps - step)
                 print(f"step {step}/{cfg.max_steps}  loss {loss_value:.4f}  lr {last['lr']:.2e}  "
-                      f"grad_norm {last['grad_norm']:.3f}  {last['tokens_per_s']:,.0f} tok/s  eta {eta:.0f}s", flush=True)
+                      f"grad_norm {last['grad_norm']:.3f}  {last['tokens_per_s']:,.0f} tok/s"
+                      + (f"  mfu {last['mfu']:.1%}" if peak_flops else "") + f"  eta {eta:.0f}s", flush=True)
         time.sleep(step_delay)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             save_checkpoint(engine, ckpt_dir, step, batches, config, model_cfg, cfg.keep_checkpoints, rank, world)

@@ -1,0 +1,85 @@
+"""Training metrics: MFU against the GPU's peak, and what the train flow publishes from metrics.jsonl
+(a loss-curve PNG and a final table)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+
+# Dense bf16 tensor-core peak (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+}
+
+
+def peak_bf16_flops(device_name: str | None = None) -> float | None:
+    """Peak bf16 FLOP/s of the CUDA device (None on CPU or an unknown GPU)."""
+    if device_name is None:
+        if not torch.cuda.is_available():
+            return None
+        device_name = torch.cuda.get_device_name()
+    for key, flops in PEAK_BF16_FLOPS.items():  # most specific names first
+        if key in device_name:
+            return flops
+    return None
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s over the hardware peak."""
+    return flops_per_token * tokens_per_s / peak_flops if peak_flops else None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def loss_curve_png(metrics: list[dict], title: str = "training loss") -> bytes:
+    """The loss (and learning rate) per step as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = [m["step"] for m in metrics]
+    ax.plot(steps, [m["loss"] for m in metrics], color="tab:blue", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    lr = ax.twinx()
+    lr.plot(steps, [m["lr"] for m in metrics], color="tab:orange", alpha=0.6, label="lr")
+    lr.set_ylabel("learning rate")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def final_table(summary: dict, metrics: list[dict]) -> list[dict]:
+    """Rows (metric, value) summarising a finished job."""
+    last = metrics[-1] if metrics else {}
+    rows = {
+        "steps": summary.get("steps"),
+        "first loss": round(metrics[0]["loss"], 4) if metrics else None,
+        "final loss": round(last["loss"], 4) if last else None,
+        "tokens": summary.get("tokens"),
+        "tokens/s (last step)": round(last["tokens_per_s"]) if last else None,
+        "MFU (last step)": f"{last['mfu']:.1%}" if last.get("mfu") is not None else "n/a (CPU)",
+        "parameters": summary.get("params"),
+        "ZeRO stage": summary.get("zero_stage"),
+        "processes": summary.get("world_size"),
+        "seconds": summary.get("seconds"),
+    }
+    return [{"metric": k, "value": str(v)} for k, v in rows.items()]
