@@ -64,7 +64,7 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
         async with get_client() as client:
             [deployment] = await client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["bundled"])))
             runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]}))
-            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-deployed"])))
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-deployed", "loss-curve-deployed", "training-deployed"])))
             return runs, artifacts
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -72,4 +72,7 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         runs, artifacts = asyncio.run(read_back())
     assert [r.state.type.value for r in runs] == ["COMPLETED"]
-    assert artifacts and "Data funnel" in artifacts[0].data
+    by_key = {a.key: a for a in artifacts}
+    assert "Data funnel" in by_key["report-deployed"].data
+    assert by_key["loss-curve-deployed"].type == "image" and by_key["loss-curve-deployed"].data.startswith("data:image/png;base64,")
+    assert by_key["training-deployed"].type == "table" and "final loss" in str(by_key["training-deployed"].data)

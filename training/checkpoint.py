@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from pipeline import io
 
 from .model import ModelConfig, Transformer
 
@@ -42,12 +43,6 @@ def latest_tag(ckpt_dir: str | Path) -> str | None:
     return latest.read_text().strip() if latest.exists() else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(engine, ckpt_dir: Path, step: int, batches, ds_config: dict, model_cfg: ModelConfig,
                     keep: int, rank: int, world: int) -> None:
     """Save a checkpoint with every rank's data position and RNG state; `latest` moves to it only
@@ -60,7 +55,7 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, batches, ds_config: dict,
     if rank == 0:
         (ckpt_dir / tag / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
         (ckpt_dir / tag / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
-        _write_atomic(ckpt_dir / "latest", tag)
+        io.write_bytes(str(ckpt_dir / "latest"), tag.encode())  # atomic: temp file, then rename
         for old in sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())[:-keep]:
             shutil.rmtree(old)
     torch.distributed.barrier()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.io import write_bytes
+
 # Dense bf16 tensor-core peak (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {
     "H200": 989e12,
@@ -41,6 +43,14 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float | None) -
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Keep the lines of steps <= `step` (the checkpoint a run resumes from): the lines after it were
+    written by a run that was killed, and are computed again."""
+    if Path(path).exists():
+        kept = [m for m in read_metrics(path) if m["step"] <= step]
+        write_bytes(str(path), "".join(json.dumps(m) + "\n" for m in kept).encode())
 
 
 def loss_curve_png(metrics: list[dict], title: str = "training loss") -> bytes:

@@ -19,7 +19,7 @@ import torch
 from .config import TrainConfig
 from .data import RankBatches, load_manifest, load_split
 from .checkpoint import resume, save_checkpoint, save_weights
-from .metrics import mfu, peak_bf16_flops
+from .metrics import mfu, peak_bf16_flops, truncate_metrics
 from .model import Transformer
 
 
@@ -96,17 +96,6 @@ def train_step(engine, batches: RankBatches, grad_accum: int, device) -> torch.T
         engine.step()
         loss_sum += loss.detach().float()
     return loss_sum / grad_accum
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metric lines of steps <= `step` (the checkpoint a run resumes from)."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines(keepends=True)
-             if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
 
 
 def main(job_path: str) -> None:
