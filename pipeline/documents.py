@@ -10,6 +10,8 @@ DOC_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("url", pa.string()),
         ("meta", pa.string()),  # the record's remaining fields, as JSON
+        ("lang", pa.string()),  # set by the quality stage's language identification
+        ("lang_score", pa.float32()),
     ]
 )
 

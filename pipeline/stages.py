@@ -37,6 +37,10 @@ def _nbytes(texts: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.sum(pc.binary_length(texts)).as_py() or 0)
 
 
+def _nchars(texts: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.sum(pc.utf8_length(texts)).as_py() or 0)
+
+
 def write_part(
     run_dir: str,
     stage: str,
@@ -45,8 +49,11 @@ def write_part(
     reasons: list[str | None],
     duplicate_of: list[str | None] | None = None,
     started: float | None = None,
+    counters: dict[str, int] | None = None,
 ) -> dict:
-    """Split `docs` into kept (reason None) and rejected rows, write both, return the part's stats."""
+    """Split `docs` into kept (reason None) and rejected rows, write both, return the part's stats.
+
+    `counters` are the steps' own counts (lines removed, redactions, languages), summed per stage."""
     keep = pa.array([r is None for r in reasons])
     kept = docs.filter(keep).select(DOC_SCHEMA.names)
     drop_idx = [i for i, r in enumerate(reasons) if r is not None]
@@ -66,19 +73,35 @@ def write_part(
         "docs_rejected": rejected.num_rows,
         "bytes_in": _nbytes(docs["text"]),
         "bytes_kept": _nbytes(kept["text"]),
+        "chars_in": _nchars(docs["text"]),
+        "chars_kept": _nchars(kept["text"]),
         "rejected": dict(sorted(Counter(r for r in reasons if r is not None).items())),
+        "rejected_bytes": _by_reason(rejected, pc.binary_length),
+        "rejected_chars": _by_reason(rejected, pc.utf8_length),
+        "counters": dict(sorted((counters or {}).items())),
         "seconds": round(time.perf_counter() - started, 3) if started else None,
     }
     io.write_json(part_stats_url(run_dir, stage, shard), stats)
     return stats
 
 
+def _by_reason(rejected: pa.Table, length) -> dict[str, int]:
+    if not rejected.num_rows:
+        return {}
+    sizes = pa.table({"reason": rejected["reason"], "n": length(rejected["text"])})
+    grouped = sizes.group_by("reason").aggregate([("n", "sum")]).to_pylist()
+    return dict(sorted((g["reason"], int(g["n_sum"] or 0)) for g in grouped))
+
+
 def finish_stage(run_dir: str, stage: str, parts: Iterable[dict], **extra) -> dict:
     """Sum part stats into <stage>/_stats.json, check the stage's books balance, mark it done."""
     parts = sorted(parts, key=lambda p: p["part"])
-    rejected: Counter = Counter()
+    rejected, rejected_bytes, rejected_chars, counters = Counter(), Counter(), Counter(), Counter()
     for p in parts:
         rejected.update(p["rejected"])
+        rejected_bytes.update(p.get("rejected_bytes", {}))
+        rejected_chars.update(p.get("rejected_chars", {}))
+        counters.update(p.get("counters", {}))
     totals = {
         "stage": stage,
         "parts": len(parts),
@@ -87,7 +110,12 @@ def finish_stage(run_dir: str, stage: str, parts: Iterable[dict], **extra) -> di
         "docs_rejected": sum(p["docs_rejected"] for p in parts),
         "bytes_in": sum(p["bytes_in"] for p in parts),
         "bytes_kept": sum(p["bytes_kept"] for p in parts),
+        "chars_in": sum(p.get("chars_in", 0) for p in parts),
+        "chars_kept": sum(p.get("chars_kept", 0) for p in parts),
         "rejected": dict(sorted(rejected.items())),
+        "rejected_bytes": dict(sorted(rejected_bytes.items())),
+        "rejected_chars": dict(sorted(rejected_chars.items())),
+        "counters": dict(sorted(counters.items())),
         "task_seconds": round(sum(p["seconds"] or 0 for p in parts), 3),
         **extra,
     }

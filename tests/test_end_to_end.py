@@ -89,7 +89,8 @@ def test_every_stage_reconciles_with_its_parts_on_disk(run):
     read = json.loads((run_dir / "read" / "_stats.json").read_text())
     assert read["docs_in"] == 758  # every record of the bundled corpus is accounted for
     quality = json.loads((run_dir / "quality" / "_stats.json").read_text())
-    assert quality["rejected"].get("gopher.stop_words", 0) > 0  # non-English pages of the crawl
+    assert quality["rejected"].get("lang.not_kept", 0) > 0  # non-English pages of the crawl
+    assert quality["counters"]["lang.en"] > 0 and quality["chars_in"] > quality["chars_kept"]
 
 
 def test_token_shards_match_the_manifest(run):

@@ -1,0 +1,69 @@
+"""C4 rules (Raffel et al. 2020, section 2.2), as a line-level cleaner and a document filter.
+
+Line rules (a word over `max_word_length` chars, no terminal punctuation, fewer than
+`min_words_per_line` words, "javascript", cookie/policy notices) remove the line when `clean_lines`
+is on, else only count it (`<stats>` c4.lines.<rule>); "lorem ipsum", a curly brace, or fewer than `min_sentences` sentences in
+the kept lines drop the document.
+"""
+from __future__ import annotations
+
+import re
+
+from ..config import C4Config
+from .base import Doc, Step, count_sentences, split_words
+
+CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+C4_TERMINAL = (".", "?", "!", '"', "'")
+
+
+class C4(Step):
+    name = "c4"
+
+    def __init__(self, cfg: C4Config):
+        super().__init__()
+        self.cfg = cfg
+
+    def line_rule(self, line: str, words: list[str]) -> str | None:
+        """Why a (stripped, citation-free) line is removed, or None to keep it."""
+        cfg = self.cfg
+        if cfg.terminal_punctuation and (not line.endswith(C4_TERMINAL) or line.endswith("...")):
+            return "no_terminal_punctuation"
+        if len(words) < cfg.min_words_per_line:
+            return "min_words_per_line"
+        lower = line.lower()
+        if cfg.javascript and "javascript" in lower:
+            return "javascript"
+        if cfg.policy and any(p in lower for p in POLICY):
+            return "policy"
+        return None
+
+    def __call__(self, doc: Doc) -> str | None:
+        cfg = self.cfg
+        kept: list[str] = []
+        sentences = 0
+        for raw in doc.text.splitlines():
+            line = raw.strip()
+            words = line.split()
+            if any(len(w) > cfg.max_word_length for w in words):
+                self.stats["c4.lines.max_word_length"] += 1
+                continue
+            if cfg.remove_citations:
+                line = CITATION.sub("", line)
+            rule = self.line_rule(line, words)
+            if rule is None:
+                lower = line.lower()
+                if cfg.lorem_ipsum and "lorem ipsum" in lower:
+                    return self.reason("lorem_ipsum")
+                if cfg.curly_brace and "{" in line:
+                    return self.reason("curly_brace")
+                kept.append(line)
+                sentences += count_sentences(split_words(line))
+            else:
+                self.stats[f"c4.lines.{rule}"] += 1
+        if sentences < cfg.min_sentences:
+            return self.reason("min_sentences")
+        if cfg.clean_lines:
+            doc.text = "\n".join(kept).strip()
+        return None
+
