@@ -29,6 +29,7 @@ RunIdOpt = typer.Option(None, "--run-id", help="run id (default: a timestamp); r
 OutOpt = typer.Option(None, "--output-dir", help="where runs/<run_id>/ goes (default: ./runs)")
 RayOpt = typer.Option(None, "--ray-address", help="existing Ray cluster address (default: start Ray locally)")
 KeepOpt = typer.Option(False, "--keep-server", help="keep the local Prefect server up after the run, to browse it")
+StrictOpt = typer.Option(False, "--strict", help="fail on an unreadable or truncated input file (default: warn, go on)")
 SetOpt = typer.Option(None, "--set", help="override a config value, e.g. --set train.max_steps=50 (repeatable)")
 
 
@@ -97,17 +98,21 @@ def _print_summary(cfg: RunConfig) -> None:
 
 @app.command()
 def run(config: Optional[str] = ConfigOpt, run_id: Optional[str] = RunIdOpt, output_dir: Optional[str] = OutOpt,
-        ray_address: Optional[str] = RayOpt, keep_server: bool = KeepOpt, set_: Optional[List[str]] = SetOpt):
+        ray_address: Optional[str] = RayOpt, keep_server: bool = KeepOpt, strict: bool = StrictOpt,
+        set_: Optional[List[str]] = SetOpt):
     """Run the whole DAG (curate -> train -> evaluate) on the bundled corpus or the configured inputs."""
-    _execute(_config(config, run_id, output_dir, ray_address, keep_server, set_), "run")
+    _execute(_config(config, run_id, output_dir, ray_address, keep_server, set_,
+                     **{"curate.reader.strict": strict or None}), "run")
 
 
 @app.command("curate")
 def curate_cmd(inputs: Optional[List[str]] = typer.Argument(None, help="input files, directories or globs (default: bundled corpus)"),
                config: Optional[str] = ConfigOpt, run_id: Optional[str] = RunIdOpt, output_dir: Optional[str] = OutOpt,
-               ray_address: Optional[str] = RayOpt, keep_server: bool = KeepOpt, set_: Optional[List[str]] = SetOpt):
+               ray_address: Optional[str] = RayOpt, keep_server: bool = KeepOpt, strict: bool = StrictOpt,
+               set_: Optional[List[str]] = SetOpt):
     """Curate only: read, filter, dedup, tokenize and shard."""
-    _execute(_config(config, run_id, output_dir, ray_address, keep_server, set_, **{"curate.inputs": inputs or None}), "curate")
+    _execute(_config(config, run_id, output_dir, ray_address, keep_server, set_,
+                     **{"curate.inputs": inputs or None, "curate.reader.strict": strict or None}), "curate")
 
 
 @app.command("train")

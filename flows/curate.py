@@ -4,7 +4,7 @@ Thin wiring only: each task is a pipeline function, mapped over parts and run on
 """
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 
 from pipeline import dedup, filters, io, readers, tokenize
 from pipeline.stages import finish_stage, stage_parts
@@ -33,9 +33,12 @@ def curate(config: RunConfig) -> dict:
         return run_mapped(fn, calls, width, what, config.prefect.task_retries, config.prefect.retry_delay_s)
 
     def read():
-        inputs = readers.expand_inputs(cfg.inputs)
-        calls = [dict(url=u, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, u in enumerate(inputs)]
-        return finish_stage(run_dir, "read", mapped(read_file, calls, "read"))
+        shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes)
+        calls = [dict(**s, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, s in enumerate(shards)]
+        stats = finish_stage(run_dir, "read", mapped(read_file, calls, "read"))
+        for e in stats["errors"]:
+            get_run_logger().warning("input %s: %s at offset %s: %s", e["path"], e["reason"], e["offset"], e["error"])
+        return stats
 
     def quality():
         calls = [dict(part_url=p, run_dir=run_dir, cfg=cfg.quality) for p in stage_parts(run_dir, "read")]

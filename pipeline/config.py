@@ -14,9 +14,13 @@ class _Section(BaseModel):
 
 class ReaderConfig(_Section):
     text_key: str = "text"
-    # The record's own id is kept when present; otherwise "<file>#<line>" is used.
+    # The record's own id is kept when present; otherwise "<file>@<byte offset>" is used.
     id_key: str | None = "id"
     url_key: str | None = "url"
+    # Uncompressed JSONL and Parquet inputs are split into shards of about this size (one Ray task each).
+    shard_bytes: int = Field(64 << 20, ge=1 << 10)
+    max_doc_chars: int = Field(5_000_000, ge=1)  # larger documents are rejected as read.too_large
+    strict: bool = False  # an unreadable or truncated input file fails the run instead of a warning
 
 
 class GopherQualityConfig(_Section):

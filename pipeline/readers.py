@@ -1,10 +1,19 @@
-"""Readers: turn input files into document rows, one generator per file.
+"""Readers: turn input files into document rows, streaming, one shard (a file or a byte range /
+row-group range of one) at a time, so memory is bounded by the shard, not the file.
 
-A record that cannot be used (bad JSON, invalid UTF-8, no text) is not dropped silently: it is
-yielded as a rejected row with a reason code and the file/line it came from, so counts reconcile.
+Formats, by extension (compression .gz/.zst/.bz2 inferred): JSONL, Parquet, plain text (one
+document per file), Common Crawl WARC (HTML responses -> main text with resiliparse) and WET.
+
+Nothing is dropped silently: a record that cannot be used (bad JSON, invalid UTF-8, no text, too
+large, not HTML) is a rejected row with a reason code; a file that cannot be read, or ends early
+(truncated gzip/zstd), is a rejected row `read.unreadable_file` / `read.truncated` and an entry in
+the stage's `errors` (path, offset, error). Derived ids are `<file name>@<byte offset>` (or
+`@row<n>` for Parquet), so they are the same whatever the shard size.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import posixpath
 import time
@@ -18,13 +27,32 @@ from .documents import docs_table
 from .io import fs_path
 from .stages import write_part
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".jsonl.bz2")
+COMPRESSIONS = (".gz", ".zst", ".bz2")
+FORMATS = {
+    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "text", ".text": "text",
+    ".warc": "warc", ".arc": "warc",
+    ".wet": "wet",
+}
+PREVIEW_CHARS = 2000
+FILE_ERRORS = ("read.unreadable_file", "read.truncated")  # rejected rows of unusable records keep this much of the raw text
 
 
 @dataclass
 class Record:
     doc: dict
     reason: str | None = None  # None: a usable document; else why it was rejected
+    offset: str = ""  # where in the file: byte offset, or row<n> for Parquet
+
+
+def format_of(url: str) -> str | None:
+    name = posixpath.basename(url).lower()
+    for c in COMPRESSIONS:
+        name = name.removesuffix(c)
+    if name.endswith(".warc.wet"):
+        return "wet"
+    return FORMATS.get(posixpath.splitext(name)[1])
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -33,7 +61,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     for item in inputs:
         fs, path = fs_path(item)
         if fs.isdir(path):
-            matches = [p for p in fs.find(path) if p.endswith(JSONL_SUFFIXES)]
+            matches = [p for p in fs.find(path) if format_of(p)]
         else:
             matches = fs.glob(path) if any(c in path for c in "*?[") else [path]
         if not matches:
@@ -42,48 +70,289 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return sorted(dict.fromkeys(files))
 
 
-def read_jsonl(url: str, cfg: ReaderConfig) -> Iterator[Record]:
-    """Documents of one JSONL file (plain or compressed, by extension)."""
-    name = posixpath.basename(url)
-    with fsspec.open(url, "rb", compression="infer") as f:
-        for lineno, raw in enumerate(f, start=1):
-            fallback_id = f"{name}#{lineno}"
-            base = {"id": fallback_id, "source": url, "url": None, "meta": None}
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield Record({**base, "text": raw.decode("utf-8", "replace"), "meta": json.dumps({"error": str(e)})}, "read.invalid_utf8")
-                continue
-            if not line.strip():
+def plan_shards(files: list[str], shard_bytes: int) -> list[dict]:
+    """Work units: uncompressed JSONL split into byte ranges of about `shard_bytes`, Parquet into
+    row-group ranges of about that size, anything else one unit per file."""
+    shards: list[dict] = []
+    for url in files:
+        fmt, compressed = format_of(url), url.lower().endswith(COMPRESSIONS)
+        try:
+            fs, path = fs_path(url)
+            size = fs.size(path) or 0
+            if fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                with fs.open(path, "rb") as f:
+                    meta = pq.ParquetFile(f).metadata
+                start, acc = 0, 0
+                for g in range(meta.num_row_groups):
+                    acc += meta.row_group(g).total_byte_size
+                    if acc >= shard_bytes or g == meta.num_row_groups - 1:
+                        shards.append({"url": url, "start": start, "end": g + 1})
+                        start, acc = g + 1, 0
+                if meta.num_row_groups:
+                    continue
+        except Exception:  # unreadable: the read task reports it with its error
+            size = 0
+        if fmt == "jsonl" and not compressed and size > shard_bytes:
+            shards += [{"url": url, "start": s, "end": min(size, s + shard_bytes)} for s in range(0, size, shard_bytes)]
+        else:
+            shards.append({"url": url, "start": 0, "end": None})
+    return shards
+
+
+def _base(url: str, key: str) -> dict:
+    return {"id": f"{posixpath.basename(url)}{key}", "source": url, "url": None, "meta": None}
+
+
+def _error_record(url: str, key: str, reason: str, error: str, text: str = "") -> Record:
+    meta = json.dumps({"error": error, "offset": key.lstrip("@!")})
+    return Record({**_base(url, key), "text": text[:PREVIEW_CHARS], "meta": meta}, reason, key.lstrip("@!"))
+
+
+def _from_mapping(obj: dict, url: str, key: str, cfg: ReaderConfig) -> Record:
+    text = obj.pop(cfg.text_key, None)
+    doc_id = obj.pop(cfg.id_key, None) if cfg.id_key else None
+    url_value = obj.pop(cfg.url_key, None) if cfg.url_key else None
+    doc = {
+        **_base(url, key),
+        "id": str(doc_id) if doc_id not in (None, "") else _base(url, key)["id"],
+        "text": text if isinstance(text, str) else "",
+        "url": str(url_value) if url_value is not None else None,
+        "meta": json.dumps(obj, ensure_ascii=False, default=str) if obj else None,
+    }
+    return _checked(doc, cfg, key, missing=not isinstance(text, str))
+
+
+def _checked(doc: dict, cfg: ReaderConfig, key: str, missing: bool = False) -> Record:
+    record = _checked_doc(doc, cfg, missing)
+    record.offset = key.lstrip("@")
+    return record
+
+
+def _checked_doc(doc: dict, cfg: ReaderConfig, missing: bool) -> Record:
+    text = doc["text"]
+    if missing:
+        return Record(doc, "read.missing_text")
+    if len(text) > cfg.max_doc_chars:
+        meta = json.loads(doc["meta"] or "{}") | {"chars": len(text)}
+        return Record({**doc, "text": text[:PREVIEW_CHARS], "meta": json.dumps(meta, ensure_ascii=False)}, "read.too_large")
+    if "\x00" in text:
+        return Record({**doc, "text": text[:PREVIEW_CHARS]}, "read.binary")
+    if not text.strip():
+        return Record(doc, "read.empty_text")
+    return Record(doc)
+
+
+def _decode(raw: bytes) -> tuple[str, str | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return raw.decode("utf-8", "replace"), str(e)
+
+
+class _ZstdReader(io.RawIOBase):
+    """Streaming zstd decompression (any number of frames) that raises on a truncated frame,
+    where zstandard's own stream reader just stops."""
+
+    def __init__(self, raw):
+        import zstandard
+
+        self._raw, self._new = raw, zstandard.ZstdDecompressor().decompressobj
+        self._dobj, self._buf, self._in_frame = self._new(), b"", False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, out) -> int:
+        while not self._buf:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd stream ended before the end of its frame (truncated file)")
+                return 0
+            while chunk:
+                self._in_frame = True
+                self._buf += self._dobj.decompress(chunk)
+                chunk = b""
+                if self._dobj.eof:
+                    chunk, self._dobj, self._in_frame = self._dobj.unused_data, self._new(), False
+        n = min(len(out), len(self._buf))
+        out[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+
+@contextlib.contextmanager
+def _open_stream(url: str, compressed: bool = True):
+    """A binary stream with readline(), decompressed by extension."""
+    if compressed and url.lower().endswith(".zst"):
+        with fsspec.open(url, "rb") as raw:
+            yield io.BufferedReader(_ZstdReader(raw), 1 << 20)
+    else:
+        with fsspec.open(url, "rb", compression="infer" if compressed else None) as f:
+            yield f
+
+
+def read_jsonl(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
+    """Records of one JSONL file, or of the lines starting in [start, end) of an uncompressed one."""
+    with _open_stream(url, compressed=end is None) as f:
+        pos = start
+        if start:
+            f.seek(start - 1)
+            pos = start - 1 + len(f.readline())  # the line running into `start` belongs to the previous shard
+        while end is None or pos < end:
+            offset = pos
+            raw = f.readline()
+            if not raw:
+                break
+            pos += len(raw)
+            if not raw.strip():
                 continue  # blank lines are not records
+            line, error = _decode(raw)
+            if error:
+                yield _error_record(url, f"@{offset}", "read.invalid_utf8", error, line)
+                continue
             try:
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
             except ValueError as e:
-                yield Record({**base, "text": line, "meta": json.dumps({"error": str(e)})}, "read.invalid_json")
+                yield _error_record(url, f"@{offset}", "read.invalid_json", str(e), line)
                 continue
-            text = obj.pop(cfg.text_key, None)
-            doc_id = obj.pop(cfg.id_key, None) if cfg.id_key else None
-            url_value = obj.pop(cfg.url_key, None) if cfg.url_key else None
-            doc = {
-                "id": str(doc_id) if doc_id not in (None, "") else fallback_id,
-                "text": text if isinstance(text, str) else "",
-                "source": url,
-                "url": str(url_value) if url_value is not None else None,
-                "meta": json.dumps(obj, ensure_ascii=False, default=str) if obj else None,
-            }
-            if not isinstance(text, str):
-                yield Record(doc, "read.missing_text")
-            elif not text.strip():
-                yield Record(doc, "read.empty_text")
-            else:
-                yield Record(doc)
+            yield _from_mapping(obj, url, f"@{offset}", cfg)
 
 
-def read_file(url: str, shard: int, run_dir: str, cfg: ReaderConfig) -> dict:
-    """The read stage for one input file: its records become part `shard` of <run>/read."""
+def read_parquet_rows(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
+    """Rows of row groups [start, end) of a Parquet file, a record batch at a time."""
+    import pyarrow.parquet as pq
+
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        groups = list(range(start, pf.metadata.num_row_groups if end is None else end))
+        row = sum(pf.metadata.row_group(g).num_rows for g in range(start))
+        for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
+            for obj in batch.to_pylist():
+                yield _from_mapping(obj, url, f"@row{row}", cfg)
+                row += 1
+
+
+def read_text(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
+    """A plain-text file is one document; its id is the file name."""
+    with _open_stream(url) as f:
+        raw = f.read(cfg.max_doc_chars * 4 + 1)
+    text, error = _decode(raw)
+    doc = {**_base(url, ""), "text": text}
+    if error and "\x00" not in text:
+        yield _error_record(url, "", "read.invalid_utf8", error, text)
+    else:
+        yield _checked(doc, cfg, "")
+
+
+def _warc_records(url: str, wanted):
+    from fastwarc.warc import ArchiveIterator
+
+    with fsspec.open(url, "rb") as f:  # fastwarc detects and decompresses gzip/lz4 itself
+        for rec in ArchiveIterator(f, record_types=wanted, parse_http=True):
+            key = f"@{rec.stream_pos}"
+            uri = (rec.headers.get("WARC-Target-URI") or "").strip("<>") or None
+            meta = {"warc_record_id": rec.record_id, "warc_date": rec.headers.get("WARC-Date")}
+            yield rec, key, uri, meta
+
+
+def read_warc(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
+    """HTTP responses of a WARC file: HTML -> main text (resiliparse); other content is rejected."""
+    from fastwarc.warc import WarcRecordType
+    from resiliparse.extract.html2text import extract_plain_text
+
+    for rec, key, uri, meta in _warc_records(url, WarcRecordType.response):
+        body = _http_body(rec)
+        content_type = (rec.http_headers.get("Content-Type") or "") if rec.http_headers else ""
+        status = rec.http_headers.status_code if rec.http_headers else None
+        meta |= {"content_type": content_type, "http_status": status}
+        doc = {**_base(url, key), "url": uri, "text": "", "meta": json.dumps(meta)}
+        if status is not None and status != 200:
+            yield Record(doc, "read.http_status", key[1:])
+        elif "html" not in content_type.lower():
+            yield Record(doc, "read.not_html", key[1:])
+        elif len(body) > cfg.max_doc_chars * 4:
+            yield Record(doc | {"meta": json.dumps(meta | {"bytes": len(body)})}, "read.too_large", key[1:])
+        else:
+            html = _html_text(body, content_type)
+            doc["text"] = extract_plain_text(html, main_content=True, alt_texts=False, links=False)
+            yield _checked(doc, cfg, key)
+
+
+def _http_body(rec) -> bytes:
+    """The HTTP payload, de-chunked and decompressed (wget and some crawlers store it raw)."""
+    from fastwarc.stream_io import ChunkedReader
+
+    headers = rec.http_headers
+    if headers is not None and "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        body = ChunkedReader(rec.reader).read()
+    else:
+        body = rec.reader.read()
+    if headers is not None and (headers.get("Content-Encoding") or "").lower() in ("gzip", "x-gzip"):
+        import gzip
+        import zlib
+
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError, zlib.error):
+            pass  # mislabelled: keep the bytes as they are
+    return body
+
+
+def _html_text(body: bytes, content_type: str) -> str:
+    """The page's HTML as text: the declared charset, else UTF-8 when it decodes, else detected."""
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    charset = content_type.lower().partition("charset=")[2].split(";")[0].strip(" \"'")
+    for encoding in filter(None, (charset, "utf-8")):
+        try:
+            return body.decode(encoding)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return bytes_to_str(body, detect_encoding(body))
+
+
+def read_wet(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
+    """Extracted text (conversion records) of a Common Crawl WET file."""
+    from fastwarc.warc import WarcRecordType
+
+    for rec, key, uri, meta in _warc_records(url, WarcRecordType.conversion):
+        text, error = _decode(rec.reader.read())
+        if error:
+            yield _error_record(url, key, "read.invalid_utf8", error, text)
+        else:
+            yield _checked({**_base(url, key), "url": uri, "text": text, "meta": json.dumps(meta)}, cfg, key)
+
+
+READERS = {"jsonl": read_jsonl, "parquet": read_parquet_rows, "text": read_text, "warc": read_warc, "wet": read_wet}
+
+
+def read_records(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
+    """Records of one shard; a file that fails to open or ends early becomes a rejected record."""
+    fmt = format_of(url) or "jsonl"
+    last = None
+    try:
+        for record in READERS[fmt](url, cfg, start, end):
+            last = record.offset
+            yield record
+    except Exception as e:  # noqa: BLE001 - any failure of the file itself is reported, not raised
+        # the id names the last good record before the failure (or the shard start)
+        reason = "read.unreadable_file" if last is None else "read.truncated"
+        yield _error_record(url, f"!{start if last is None else last}", reason, f"{type(e).__name__}: {e}")
+
+
+def read_file(url: str, shard: int, run_dir: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> dict:
+    """The read stage for one shard of an input file: its records become part `shard` of <run>/read."""
     started = time.perf_counter()
-    records = list(read_jsonl(url, cfg))
+    records = list(read_records(url, cfg, start, end))
+    errors = [{"path": url, "offset": r.offset, "reason": r.reason, "error": json.loads(r.doc["meta"])["error"]}
+              for r in records if r.reason in FILE_ERRORS]
+    if errors and cfg.strict:
+        raise IOError(f"{url}: {errors[0]['error']} (at offset {errors[0]['offset']}; strict mode)")
     docs = docs_table([r.doc for r in records])
-    return {**write_part(run_dir, "read", shard, docs, [r.reason for r in records], started=started), "source": url}
+    stats = write_part(run_dir, "read", shard, docs, [r.reason for r in records], started=started)
+    return {**stats, "source": url, "errors": errors}

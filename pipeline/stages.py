@@ -19,6 +19,9 @@ from . import io
 from .documents import DOC_SCHEMA, rejected_table
 
 
+MAX_ERRORS = 1000  # input errors (path, offset, error) listed in a stage's _stats.json
+
+
 def part_name(shard: int) -> str:
     return f"part-{shard:05d}"
 
@@ -54,7 +57,7 @@ def write_part(
     """Split `docs` into kept (reason None) and rejected rows, write both, return the part's stats.
 
     `counters` are the steps' own counts (lines removed, redactions, languages), summed per stage."""
-    keep = pa.array([r is None for r in reasons])
+    keep = pa.array([r is None for r in reasons], pa.bool_())
     kept = docs.filter(keep).select(DOC_SCHEMA.names)
     drop_idx = [i for i, r in enumerate(reasons) if r is not None]
     rejected = rejected_table(
@@ -116,6 +119,7 @@ def finish_stage(run_dir: str, stage: str, parts: Iterable[dict], **extra) -> di
         "rejected_bytes": dict(sorted(rejected_bytes.items())),
         "rejected_chars": dict(sorted(rejected_chars.items())),
         "counters": dict(sorted(counters.items())),
+        "errors": [e for p in parts for e in p.get("errors", [])][:MAX_ERRORS],
         "task_seconds": round(sum(p["seconds"] or 0 for p in parts), 3),
         **extra,
     }

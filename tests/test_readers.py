@@ -1,12 +1,25 @@
 import gzip
 import json
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+import zstandard
 
 from pipeline import io
 from pipeline.config import ReaderConfig
-from pipeline.readers import expand_inputs, read_file, read_jsonl
+from pipeline.readers import expand_inputs, plan_shards, read_file, read_jsonl, read_records
 from tests.conftest import write_jsonl
+
+WARC_DIR = Path(__file__).parent / "data" / "warc"
+CFG = ReaderConfig()
+ARTICLE = ("Die Stadtbibliothek öffnet ab Montag länger. Der Gemeinderat hat die zusätzlichen Stellen bewilligt, "
+           "und die Schulen dürfen die Lesesäle am Nachmittag nutzen.")
+
+
+def reasons_of(records):
+    return [r.reason for r in records]
 
 
 def test_read_jsonl_keeps_good_records_and_rejects_bad_ones_with_reasons(tmp_path):
@@ -17,44 +30,138 @@ def test_read_jsonl_keeps_good_records_and_rejects_bad_ones_with_reasons(tmp_pat
         "",
         b"\xff\xfe{\"text\": \"bad utf8\"}",
         {"text": "   "},
-        {"text": "no id here"},
+        {"text": ARTICLE},
         "[1, 2]",
+        {"text": "ok\x00\x01\x02binary"},
     ])
-    records = list(read_jsonl(str(path), ReaderConfig()))
-    reasons = [r.reason for r in records]
-    assert reasons == [None, "read.invalid_json", "read.missing_text", "read.invalid_utf8", "read.empty_text", None, "read.invalid_json"]
+    records = list(read_jsonl(str(path), CFG))
+    assert reasons_of(records) == [None, "read.invalid_json", "read.missing_text", "read.invalid_utf8", "read.empty_text",
+                                   None, "read.invalid_json", "read.binary"]
     first = records[0].doc
     assert first["id"] == "a" and first["url"] == "http://x" and json.loads(first["meta"]) == {"lang": "en"}
-    # derived ids name the file and the line, so a rejected record can be found
-    assert records[1].doc["id"] == "in.jsonl#2"
-    assert records[5].doc["id"] == "in.jsonl#7"
+    # derived ids name the file and the byte offset, so a rejected record can be found
+    offset = len(path.read_bytes().split(b"\n")[0]) + 1
+    assert records[1].doc["id"] == f"in.jsonl@{offset}"
+    assert path.read_bytes()[offset:].startswith(b"{not json")
+    assert records[5].doc["text"] == ARTICLE and records[5].doc["id"].startswith("in.jsonl@")
     assert "Expecting" in json.loads(records[1].doc["meta"])["error"]
 
 
-def test_custom_keys_and_gzip(tmp_path):
-    path = tmp_path / "in.jsonl.gz"
-    with gzip.open(path, "wt") as f:
-        f.write(json.dumps({"doc_id": 7, "content": "some text", "link": "http://y"}) + "\n")
+def test_custom_keys_and_compressions(tmp_path):
+    rows = [{"doc_id": 7, "content": ARTICLE, "link": "http://y"}]
+    gz = tmp_path / "in.jsonl.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write(json.dumps(rows[0]) + "\n")
+    zst = tmp_path / "in.jsonl.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress((json.dumps(rows[0]) + "\n").encode()))
     cfg = ReaderConfig(text_key="content", id_key="doc_id", url_key="link")
-    [record] = list(read_jsonl(str(path), cfg))
-    assert record.reason is None and record.doc["id"] == "7" and record.doc["url"] == "http://y"
+    for path in (gz, zst):
+        [record] = list(read_records(str(path), cfg))
+        assert record.reason is None and record.doc["id"] == "7" and record.doc["url"] == "http://y"
+        assert record.doc["text"] == ARTICLE
 
 
-def test_expand_inputs_finds_jsonl_in_directories_sorted(tmp_path):
+def test_truncated_gzip_and_zstd_keep_what_was_read_and_report_the_rest(tmp_path):
+    lines = b"".join(json.dumps({"text": f"{ARTICLE} ({i})"}).encode() + b"\n" for i in range(2000))
+    for path, data in ((tmp_path / "cut.jsonl.gz", gzip.compress(lines)),
+                       (tmp_path / "cut.jsonl.zst", zstandard.ZstdCompressor().compress(lines))):
+        path.write_bytes(data[: len(data) * 2 // 3])
+        records = list(read_records(str(path), CFG))
+        assert records[0].reason is None and records[-1].reason == "read.truncated"
+        assert 0 < len(records) - 1 < 2000
+        assert "Error" in json.loads(records[-1].doc["meta"])["error"]
+
+
+def test_unreadable_empty_and_binary_files(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert list(read_records(str(tmp_path / "empty.jsonl"), CFG)) == []
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"this is not gzip at all")
+    [record] = list(read_records(str(tmp_path / "bad.jsonl.gz"), CFG))
+    assert record.reason == "read.unreadable_file" and "gzip" in json.loads(record.doc["meta"])["error"].lower()
+    (tmp_path / "image.txt").write_bytes(bytes(range(256)) * 4)
+    [record] = list(read_records(str(tmp_path / "image.txt"), CFG))
+    assert record.reason == "read.binary"
+
+
+def test_a_50mb_document_is_rejected_as_too_large_not_loaded_into_the_run(tmp_path):
+    path = tmp_path / "huge.jsonl"
+    with open(path, "w") as f:
+        f.write(json.dumps({"text": "word " * 10_000_000}) + "\n")
+        f.write(json.dumps({"text": ARTICLE}) + "\n")
+    records = list(read_records(str(path), CFG))
+    assert reasons_of(records) == ["read.too_large", None]
+    assert len(records[0].doc["text"]) <= 2000 and json.loads(records[0].doc["meta"])["chars"] == 50_000_000
+
+
+def test_parquet_and_text_files(tmp_path):
+    table = pa.table({"id": ["p1", None], "text": [ARTICLE, "Second document of the table."], "url": ["http://p", None]})
+    pq.write_table(table, tmp_path / "docs.parquet", row_group_size=1)
+    records = list(read_records(str(tmp_path / "docs.parquet"), CFG))
+    assert [r.doc["id"] for r in records] == ["p1", "docs.parquet@row1"] and reasons_of(records) == [None, None]
+    (tmp_path / "note.txt").write_text(ARTICLE + "\n")
+    [record] = list(read_records(str(tmp_path / "note.txt"), CFG))
+    assert record.reason is None and record.doc["id"] == "note.txt" and record.doc["text"].startswith("Die Stadt")
+
+
+def test_warc_html_responses_become_main_text():
+    records = list(read_records(str(WARC_DIR / "dolma_wget_sample_0000.warc.gz"), CFG))
+    assert len(records) == 22 and all(r.reason is None for r in records)
+    by_url = {r.doc["url"]: r.doc for r in records}
+    team = by_url["https://www.semanticscholar.org/research/research-team"]
+    assert team["text"].startswith("Meet Our Team") and "<div" not in team["text"] and "function(" not in team["text"]
+    assert json.loads(team["meta"])["http_status"] == 200
+    soldaini = by_url["https://soldaini.net/"]
+    assert soldaini["text"].startswith("DALL•E 2 generation") and "👋" in soldaini["text"]  # charset from the headers
+    assert all(r.doc["id"].startswith("dolma_wget_sample_0000.warc.gz@") for r in records)
+
+
+def test_warc_chunked_http_bodies_are_decoded():
+    records = list(read_records(str(WARC_DIR / "dolma_wget_sample_0001.warc.gz"), CFG))
+    assert len(records) == 15 and all(r.reason is None for r in records)
+    home = next(r.doc for r in records if r.doc["url"] == "https://creativecommons.org/")
+    assert home["text"].startswith("Better Sharing, Brighter Future")
+
+
+def test_wet_conversion_records():
+    [record] = list(read_records(str(WARC_DIR / "commoncrawl_whirlwind.warc.wet.gz"), CFG))
+    assert record.reason is None and record.doc["url"] == "https://an.wikipedia.org/wiki/Escopete"
+    assert record.doc["text"].startswith("Escopete - Biquipedia")
+
+
+def test_expand_inputs_finds_known_formats_in_directories_sorted(tmp_path):
     (tmp_path / "sub").mkdir()
-    for name in ("b.jsonl", "a.jsonl.gz", "sub/c.json", "notes.md"):
+    for name in ("b.jsonl", "a.jsonl.gz", "sub/c.json", "notes.md", "d.parquet", "e.warc.gz", "f.warc.wet.gz", "g.txt"):
         (tmp_path / name).write_text("")
     found = expand_inputs([str(tmp_path)])
-    assert [p.rsplit("/", 1)[1] for p in found] == ["a.jsonl.gz", "b.jsonl", "c.json"]
+    assert [p.rsplit("/", 1)[1] for p in found] == ["a.jsonl.gz", "b.jsonl", "d.parquet", "e.warc.gz", "f.warc.wet.gz",
+                                                    "g.txt", "c.json"]
 
 
-def test_read_file_writes_kept_and_rejected_parts_that_reconcile(tmp_path):
+def test_one_big_file_is_split_into_byte_range_shards_with_stable_ids(tmp_path):
+    path = write_jsonl(tmp_path / "big.jsonl", [{"text": f"{ARTICLE} ({i})"} for i in range(100)])
+    whole = [r.doc for r in read_records(str(path), CFG)]
+    shards = plan_shards([str(path)], shard_bytes=1500)
+    assert len(shards) > 5 and shards[0]["start"] == 0 and shards[-1]["end"] == path.stat().st_size
+    pieces = [r.doc for s in shards for r in read_records(s["url"], CFG, s["start"], s["end"])]
+    assert pieces == whole  # every record exactly once, same ids as reading the file whole
+
+
+def test_read_file_writes_kept_and_rejected_parts_and_reports_file_errors(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "one"}, "{bad", {"text": "two"}])
     run = str(tmp_path / "run")
-    stats = read_file(str(path), 3, run, ReaderConfig())
+    stats = read_file(str(path), 3, run, CFG)
     assert stats["docs_in"] == 3 and stats["docs_kept"] == 2 and stats["rejected"] == {"read.invalid_json": 1}
     kept = pq.read_table(f"{run}/read/part-00003.parquet")
     rejected = pq.read_table(f"{run}/rejected/read/part-00003.parquet")
     assert kept["text"].to_pylist() == ["one", "two"]
-    assert rejected["reason"].to_pylist() == ["read.invalid_json"] and rejected["id"].to_pylist() == ["in.jsonl#2"]
+    assert rejected["reason"].to_pylist() == ["read.invalid_json"] and rejected["id"].to_pylist() == ["in.jsonl@16"]
     assert io.read_json(f"{run}/read/_parts/part-00003.json")["docs_kept"] == 2
+
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"text": "kept before the cut"}\n' * 50)[:-20])
+    stats = read_file(str(broken), 4, run, CFG)
+    assert stats["rejected"] == {"read.truncated": 1} and stats["docs_kept"] >= 1
+    [error] = stats["errors"]
+    assert error["path"] == str(broken) and error["reason"] == "read.truncated" and error["offset"].isdigit()
+    with pytest.raises(IOError, match="broken.jsonl.gz"):
+        read_file(str(broken), 5, run, ReaderConfig(strict=True))
