@@ -13,6 +13,8 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
 from rich.table import Table
 
 from .config import RunConfig, load_config
@@ -90,10 +92,25 @@ def _print_summary(cfg: RunConfig) -> None:
     for label, value in summary_rows(load_stats(cfg.run_dir)):
         table.add_row(label, value)
     console.print(table)
+    _print_funnel(cfg.run_dir)
     console.print(f"Outputs: {cfg.run_dir}")
     for name, what in (("tokens/manifest.json", "token shards"), ("train/model.safetensors", "model weights"),
                        ("train/metrics.jsonl", "training metrics"), ("report.md", "report")):
         console.print(f"  {what:15s} {cfg.run_dir}/{name}")
+
+
+def _print_funnel(run_dir: str) -> None:
+    from pipeline import funnel, io
+
+    if not io.exists(io.join(run_dir, "funnel.md")):
+        return
+    table = Table(title="data funnel (funnel.md)")
+    for i, col in enumerate(funnel.COLUMNS):
+        table.add_column(col, justify="left" if i < 2 else "right", no_wrap=True)
+    for row in funnel.load_funnel(run_dir):
+        style = "bold" if row["reason"] in ("in", "kept") else None
+        table.add_row(*(funnel.fmt(row[c]) for c in funnel.COLUMNS), style=style)
+    console.print(table)
 
 
 @app.command()
@@ -211,6 +228,32 @@ def export_cmd(run: str = typer.Argument(..., help="run id (under --output-dir) 
         console.print(f"[red]export failed:[/red] {e}")
         raise typer.Exit(1)
     console.print(f"Hugging Face model written to {path} (load it with LlamaForCausalLM.from_pretrained)")
+
+
+@app.command("inspect")
+def inspect_cmd(run: str = typer.Argument(..., help="run id (under --output-dir) or a run directory"),
+                reason: str = typer.Option(..., "--reason", help="rejection reason (e.g. gopher.mean_word_length) or a prefix (gopher)"),
+                limit: int = typer.Option(3, "--limit", min=1, help="how many documents to show"),
+                chars: int = typer.Option(600, "--chars", min=0, help="characters of each document's text to show"),
+                output_dir: Optional[str] = OutOpt):
+    """Show a few documents a run rejected for a reason (no Prefect or Ray needed)."""
+    from pipeline import funnel
+
+    run_dir = run if Path(run).is_dir() or "://" in run else load_config(output_dir=output_dir, run_id=run).run_dir
+    if not funnel.doc_stages(run_dir):
+        console.print(f"[red]no run with stage stats at {run_dir}[/red]")
+        raise typer.Exit(2)
+    examples = funnel.rejected_examples(run_dir, reason, limit)
+    if not examples:
+        known = ", ".join(f"{r} ({n})" for r, n in sorted(funnel.reasons_of(run_dir).items()))
+        console.print(f"[yellow]no document rejected for {reason!r}.[/yellow] Reasons in this run: {known}")
+        raise typer.Exit(1)
+    for doc in examples:
+        text = doc["text"] or ""
+        more = f"\n[dim]... {len(text) - chars:,} more chars[/dim]" if len(text) > chars else ""
+        title = f"{doc['reason']}  [dim]stage {doc['stage']}  id {doc['id']}[/dim]"
+        subtitle = f"{doc['url'] or doc['source']}  ({len(text):,} chars)"
+        console.print(Panel(escape(text[:chars]) + more, title=title, subtitle=subtitle, title_align="left"))
 
 
 if __name__ == "__main__":

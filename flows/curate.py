@@ -5,8 +5,9 @@ Thin wiring only: each task is a pipeline function, mapped over parts and run on
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 
-from pipeline import dedup, filters, io, readers, tokenize
+from pipeline import dedup, filters, funnel, io, readers, tokenize
 from pipeline.stages import finish_stage, stage_parts
 
 from .config import RunConfig
@@ -93,6 +94,10 @@ def curate(config: RunConfig) -> dict:
         stats["minhash"] = stage(run_dir, "minhash", lambda: minhash(last))
         last = "minhash"
     stats["tokens"] = stage(run_dir, "tokens", lambda: tokens(last))
+    rows = funnel.load_funnel(run_dir)
+    io.write_bytes(io.join(run_dir, "funnel.md"), ("# Data funnel\n\n" + funnel.funnel_markdown(rows)).encode())
+    create_table_artifact(key="data-funnel", table=rows, description=f"Data funnel of run {config.run_id}: "
+                          "docs, bytes and chars per stage and rejection reason")
     return stats
 
 

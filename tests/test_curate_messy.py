@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import CORPUS, write_jsonl
+from tests.conftest import CORPUS, REPO, write_jsonl
 
 pytestmark = pytest.mark.slow
 WARC_DIR = Path(__file__).parent / "data" / "warc"
@@ -93,3 +93,18 @@ def test_warc_pages_come_out_as_clean_english_text(run):
     assert escopete and all(d["reason"].startswith("lang.") for d in escopete)
     manifest = json.loads((run_dir / "tokens" / "manifest.json").read_text())
     assert manifest["totals"]["train"]["tokens"] > 0
+
+
+def test_funnel_md_and_inspect_show_what_happened(run):
+    run_dir, out, _ = run
+    funnel = (run_dir / "funnel.md").read_text()
+    assert "| read | read.truncated | 1 |" in funnel and "| quality | kept |" in funnel
+    assert "data funnel" in out and "lang.not_kept" in out  # printed with rich
+    work = run_dir.parent.parent
+    shown = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", "m", "--reason", "lang", "--output-dir",
+                            str(work / "runs"), "--limit", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "an.wikipedia.org/wiki/Escopete" in shown.stdout and "lang.not_kept" in shown.stdout
+    missing = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", str(run_dir), "--reason", "gopher.nope"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "read.truncated (1)" in missing.stdout

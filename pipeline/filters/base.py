@@ -22,10 +22,13 @@ _WORDS = re.compile(
     |[^\w\s]""",
     re.X,
 )
-# Unicode sentence-final marks (spaCy's sentencizer list, the common ones).
-SENTENCE_END = frozenset("!.?։؟۔܀܁܂߹।॥၊။።፧፨᙮᜵᜶᠃᠉᥄᥅᪨᪩᪪᪫᭚᭛᭞᭟᰻᰼᱾᱿‼‽⁇⁈⁉⸮⸼꓿꘎꘏꛳꛷꡶꡷꣎꣏꤯꧈꧉꩝꩞꩟꫰꫱꯫﹒﹖﹗！．？｡。")
-# Marks that end a line as a sentence (C4's and FineWeb's "terminal punctuation").
-TERMINAL_PUNCTUATION = tuple(SENTENCE_END | {"…", '"', "'", "”", "’", "»"})
+# Unicode sentence-final marks (the list spaCy's sentencizer and datatrove use).
+SENTENCE_END = frozenset(
+    "!.?։؝؞؟۔܀܁܂߹࠷࠹࠽࠾।॥၊။።፧፨᙮᜵᜶᠃᠉᥄᥅᪨᪩᪪᪫᭚᭛᭞᭟᭽᭾᰻᰼᱾᱿‼‽⁇⁈⁉⸮⸼⹓⹔꓿꘎꘏꛳꛷꡶꡷꣎꣏꤯꧈꧉꩝꩞꩟꫰꫱꯫﹒﹖﹗！．？｡。"
+    "។៕៖៙៚𐩖𐩗𐽕𐽖𐽗𐽘𐽙𐾆𐾇𐾈𐾉𑁇𑁈𑂾𑂿𑃀𑃁𑅁𑅂𑅃𑇅𑇆𑇍𑇞𑇟𑈸𑈹𑈻𑈼𑊩𑑋𑑌𑗂𑗃𑗉𑗊𑗋𑗌𑗍𑗎𑗏𑗐𑗑𑗒𑗓𑗔𑗕𑗖𑗗𑙁𑙂𑜼𑜽𑜾𑥄𑥆𑩂𑩃𑪛𑪜𑱁𑱂𑻷𑻸𑽃𑽄𖩮𖩯𖫵𖬷𖬸𖭄𖺘𛲟𝪈"
+)
+# FineWeb's "line ends in terminal punctuation" (quotes and the ellipsis character do not count).
+TERMINAL_PUNCTUATION = tuple(SENTENCE_END)
 _PUNCT = frozenset(
     "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»"
     + "".join(map(chr, (*range(0, 9), *range(11, 32), *range(127, 160))))
