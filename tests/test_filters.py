@@ -9,7 +9,7 @@ from pipeline.filters.base import Doc, count_sentences, split_words
 from pipeline.filters.c4 import C4
 from pipeline.filters.fineweb import FineWeb
 from pipeline.filters.formatters import Normalize
-from pipeline.filters.gopher import GopherQuality, GopherRepetition, duplicate_ngram_chars, top_ngram_chars
+from pipeline.filters.gopher import GopherQuality, GopherRepetition, NGrams, duplicate_ngram_chars, top_ngram_chars
 from pipeline.filters.language import Language
 from pipeline.filters.pii import PII
 from pipeline.filters.url import URLFilter
@@ -39,9 +39,14 @@ def doc(text, url=None):
     return Doc("d", text, url)
 
 
-def test_words_split_punctuation_and_contractions_like_spacy():
+def test_words_split_the_way_spacys_english_tokenizer_does():
+    # expected lists are spaCy's output for these sentences (what datatrove's filters count)
     assert split_words("Don't stop, it's 3.14 at www.example.com/a?b... U.S. rules!") == [
-        "Do", "n't", "stop", ",", "it", "'s", "3.14", "at", "www.example.com/a?b...", "U.S", ".", "rules", "!"]
+        "Do", "n't", "stop", ",", "it", "'s", "3.14", "at", "www.example.com/a?b", "...", "U.S.", "rules", "!"]
+    assert split_words("Mr. O'Neil paid $1,000 for a well-known (used) car at 5pm; e-mail him@example.com or "
+                       "call him: he's 2x faster.") == [
+        "Mr.", "O'Neil", "paid", "$", "1,000", "for", "a", "well", "-", "known", "(", "used", ")", "car", "at", "5",
+        "pm", ";", "e", "-", "mail", "him@example.com", "or", "call", "him", ":", "he", "'s", "2x", "faster", "."]
     assert count_sentences(split_words("One here. Two there! Three? Yes.")) == 4
     assert count_sentences(split_words("No end mark")) == 1
 
@@ -90,10 +95,12 @@ def test_gopher_repetition_rules():
 
 
 def test_ngram_char_counts():
-    words = "a b c a b c a b".split()
-    assert top_ngram_chars(words, 2) == 3 * 3  # "a b" three times
-    assert duplicate_ngram_chars(words, 3) == 3  # "a b c" again at 3, then skip past it
-    assert duplicate_ngram_chars("x y z".split(), 5) == 0
+    grams = NGrams("a b c a b c a b".split())
+    assert top_ngram_chars(grams, 2) == 3 * 3  # "a b" three times
+    assert top_ngram_chars(NGrams("to be or not to be".split()), 2) == 5 * 2  # "to be" twice
+    assert duplicate_ngram_chars(grams, 3) == 3  # "a b c" again at 3, then skip past it
+    assert duplicate_ngram_chars(grams, 2) == 4  # "a b" at 3, skip to 5: "c a" seen, skip to 7: end
+    assert duplicate_ngram_chars(NGrams("x y z".split()), 5) == 0
 
 
 def test_c4_cleans_lines_and_drops_documents():

@@ -6,22 +6,11 @@ changing `doc.text`) or a stable reason code (`<step>.<rule>`) to drop it. A ste
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-# Words the way spaCy's English tokenizer (what datatrove's filters use) splits them, closely enough
-# for the same keep/drop decisions at a fraction of the cost: URLs whole, "do|n't", "it|'s",
-# numbers and abbreviations with inner dots whole, every other punctuation mark its own token.
-_WORDS = re.compile(
-    r"""https?://\S+|www\.\S+
-    |\w+?(?=[nN]['’][tT]\b)|[nN]['’][tT]\b
-    |['’](?:[sSdDmM]|re|RE|ve|VE|ll|LL)\b
-    |\w+(?:\.\w+)*
-    |\.{2,}|…|-{2,}
-    |[^\w\s]""",
-    re.X,
-)
+from .words import split_words
+
 # Unicode sentence-final marks (the list spaCy's sentencizer and datatrove use).
 SENTENCE_END = frozenset(
     "!.?։؝؞؟۔܀܁܂߹࠷࠹࠽࠾।॥၊။።፧፨᙮᜵᜶᠃᠉᥄᥅᪨᪩᪪᪫᭚᭛᭞᭟᭽᭾᰻᰼᱾᱿‼‽⁇⁈⁉⸮⸼⹓⹔꓿꘎꘏꛳꛷꡶꡷꣎꣏꤯꧈꧉꩝꩞꩟꫰꫱꯫﹒﹖﹗！．？｡。"
@@ -35,13 +24,9 @@ _PUNCT = frozenset(
 ) | SENTENCE_END
 
 
-def split_words(text: str) -> list[str]:
-    return _WORDS.findall(text)
-
-
 def is_symbol(word: str) -> bool:
     """A token made only of punctuation marks."""
-    return all(c in _PUNCT for c in word)
+    return _PUNCT.issuperset(word)
 
 
 def count_sentences(words: list[str]) -> int:

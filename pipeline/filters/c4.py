@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 
 from ..config import C4Config
-from .base import Doc, Step, count_sentences, split_words
+from .base import SENTENCE_END, Doc, Step, count_sentences, split_words
 
 CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 C4_TERMINAL = (".", "?", "!", '"', "'")
+# a sentence-final mark with more text after it: only such lines can hold more than one sentence
+_INNER_END = re.compile("[" + re.escape("".join(sorted(SENTENCE_END))) + r"]\S*\s+\S")
 
 
 class C4(Step):
@@ -58,7 +60,7 @@ class C4(Step):
                 if cfg.curly_brace and "{" in line:
                     return self.reason("curly_brace")
                 kept.append(line)
-                sentences += count_sentences(split_words(line))
+                sentences += count_sentences(split_words(line)) if _INNER_END.search(line) else 1
             else:
                 self.stats[f"c4.lines.{rule}"] += 1
         if sentences < cfg.min_sentences:

@@ -6,7 +6,8 @@ and the mean word length are over tokens that are not only punctuation.
 from __future__ import annotations
 
 import re
-from collections import Counter
+
+import numpy as np
 
 from ..config import GopherQualityConfig, GopherRepetitionConfig
 from .base import Doc, Step, is_symbol
@@ -48,7 +49,7 @@ class GopherQuality(Step):
         counted = words if cfg.alpha_ratio_counts_punctuation else content
         if sum(any(c.isalpha() for c in w) for w in counted) / len(counted) < cfg.min_alpha_words_ratio:
             return self.reason("alpha_words_ratio")
-        if sum(w in self.stop_words for w in words) < cfg.min_stop_words:
+        if len(self.stop_words.intersection(words)) < cfg.min_stop_words:  # "at least two of" them
             return self.reason("stop_words")
         return None
 
@@ -66,29 +67,65 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def top_ngram_chars(words: list[str], n: int) -> int:
-    """Characters covered by the most frequent word n-gram (its length times its count)."""
-    grams = Counter(zip(*(words[i:] for i in range(n))))
-    if not grams:
+class NGrams:
+    """A document's word n-grams as 64-bit hashes (numpy), so counting repeats is vectorised."""
+
+    _P = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial hash
+
+    def __init__(self, words: list[str]):
+        vocab: dict[str, int] = {}
+        self.ids = np.fromiter((vocab.setdefault(w, len(vocab)) + 1 for w in words), np.uint64, len(words))
+        self.cum = np.concatenate(([0], np.cumsum(np.fromiter(map(len, words), np.int64, len(words)))))
+
+    def keys(self, n: int) -> np.ndarray:
+        size = len(self.ids) - n + 1
+        if size <= 0:
+            return np.zeros(0, np.uint64)
+        h = np.zeros(size, np.uint64)
+        for j in range(n):
+            h = h * self._P + self.ids[j:j + size]  # wraps modulo 2**64
+        return h
+
+    def chars(self, n: int) -> np.ndarray:
+        """Characters of each n-gram's words (without separators)."""
+        return self.cum[n:] - self.cum[:-n] if len(self.ids) >= n else np.zeros(0, np.int64)
+
+
+def top_ngram_chars(grams: NGrams, n: int) -> int:
+    """Characters covered by the most frequent word n-gram (its words and spaces, times its count;
+    among equally frequent ones, the first seen)."""
+    keys = grams.keys(n)
+    if not len(keys):
         return 0
-    gram, count = grams.most_common(1)[0]
-    return (sum(map(len, gram)) + n - 1) * count
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    top = counts.max()
+    i = first[counts == top].min()
+    return int(grams.chars(n)[i] + n - 1) * int(top)
 
 
-def duplicate_ngram_chars(words: list[str], n: int) -> int:
+def duplicate_ngram_chars(grams: NGrams, n: int, at_most: float | None = None) -> int:
     """Characters of word n-grams already seen, scanning left to right and skipping past a repeat
-    so that overlapping repeats are not counted twice."""
-    seen: set[tuple[str, ...]] = set()
-    chars, i, last = 0, 0, len(words) - n + 1
+    so that overlapping repeats are not counted twice. When `at_most` is given and an upper bound
+    (every repeated position counted) is already within it, the bound is returned instead."""
+    keys = grams.keys(n)
+    if not len(keys):
+        return 0
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    repeated = first[inverse] < np.arange(len(keys))
+    chars = grams.chars(n)
+    bound = int(chars[repeated].sum())
+    if bound == 0 or (at_most is not None and bound <= at_most):
+        return bound
+    seen: set[int] = set()
+    total, i, last, keys_list = 0, 0, len(keys), keys.tolist()
     while i < last:
-        gram = tuple(words[i:i + n])
-        if gram in seen:
-            chars += sum(map(len, gram))
+        if keys_list[i] in seen:
+            total += int(chars[i])
             i += n
         else:
-            seen.add(gram)
+            seen.add(keys_list[i])
             i += 1
-    return chars
+    return total
 
 
 class GopherRepetition(Step):
@@ -115,11 +152,11 @@ class GopherRepetition(Step):
             return self.reason("duplicate_line_fraction")
         if chars / size > cfg.max_duplicate_line_char_fraction:
             return self.reason("duplicate_line_char_fraction")
-        words = doc.words
+        grams = NGrams(doc.words)
         for n, limit in sorted(cfg.top_ngram_char_fractions.items()):
-            if top_ngram_chars(words, n) / size > limit:
+            if top_ngram_chars(grams, n) / size > limit:
                 return self.reason(f"top_{n}gram_char_fraction")
         for n, limit in sorted(cfg.duplicate_ngram_char_fractions.items()):
-            if duplicate_ngram_chars(words, n) / size > limit:
+            if duplicate_ngram_chars(grams, n, at_most=limit * size) / size > limit:
                 return self.reason(f"duplicate_{n}gram_char_fraction")
         return None

@@ -136,8 +136,9 @@ def split_words(text: str) -> list[str]:
                 out.extend(_SPECIAL[chunk])
             else:
                 out.append(chunk)
-        elif chunk[-1] in ",;:!?)" and chunk[:-1].isalpha() and chunk[:-1] not in _SPECIAL:
-            out += (chunk[:-1], chunk[-1])  # the common "word," case, as the rules below would split it
+        elif chunk[:-1].isalpha() and chunk[:-1] not in _SPECIAL and (
+                chunk[-1] in ",;:!?)" or (chunk[-1] == "." and not chunk[-2].isupper() and chunk not in _ABBREVIATIONS)):
+            out += (chunk[:-1], chunk[-1])  # the common "word," / "word." cases, as the rules below split them
         else:
             _split_chunk(chunk, out)
     return out
