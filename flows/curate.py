@@ -95,7 +95,7 @@ def curate(config: RunConfig) -> dict:
         last = "minhash"
     stats["tokens"] = stage(run_dir, "tokens", lambda: tokens(last))
     rows = funnel.load_funnel(run_dir)
-    io.write_bytes(io.join(run_dir, "funnel.md"), ("# Data funnel\n\n" + funnel.funnel_markdown(rows)).encode())
+    funnel.write_funnel(run_dir, rows)
     create_table_artifact(key="data-funnel", table=rows, description=f"Data funnel of run {config.run_id}: "
                           "docs, bytes and chars per stage and rejection reason")
     return stats

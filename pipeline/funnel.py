@@ -58,6 +58,15 @@ def funnel_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_funnel(run_dir: str, rows: list[dict]) -> str:
+    """<run>/funnel.md; left as it is when unchanged, so a rerun that skips every stage writes nothing."""
+    url = io.join(run_dir, "funnel.md")
+    data = ("# Data funnel\n\n" + funnel_markdown(rows)).encode()
+    if not io.exists(url) or io.read_bytes(url) != data:
+        io.write_bytes(url, data)
+    return url
+
+
 def rejected_examples(run_dir: str, reason: str, limit: int = 3) -> list[dict]:
     """Up to `limit` rejected documents whose reason is `reason` or starts with `reason.`,
     looking at every stage's rejected parts in order."""

@@ -68,6 +68,12 @@ def read_json(url: str) -> Any:
         return json.load(f)
 
 
+def read_bytes(url: str) -> bytes:
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
 def write_parquet(url: str, table: pa.Table) -> None:
     atomic_write(url, lambda f: pq.write_table(table, f, compression="zstd"))
 
