@@ -339,6 +339,8 @@ def read_records(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = 
         for record in READERS[fmt](url, cfg, start, end):
             last = record.offset
             yield record
+    except (ConnectionError, TimeoutError):
+        raise  # transient storage errors: the task is retried (prefect.task_retries)
     except Exception as e:  # noqa: BLE001 - any failure of the file itself is reported, not raised
         # the id names the last good record before the failure (or the shard start)
         reason = "read.unreadable_file" if last is None else "read.truncated"
