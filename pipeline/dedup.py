@@ -503,3 +503,28 @@ def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str, stage: str
         found = {i: (r, why) for i, r, why in zip(dups["id"], dups["duplicate_of"], dups["reason"])}
     hits = [found.get(i, (None, None)) for i in docs["id"].to_pylist()]
     return write_part(run_dir, stage, shard_of(part_url), docs, [h[1] for h in hits], [h[0] for h in hits], started=started)
+
+
+def run_local(part_urls: list[str], run_dir: str, cfg: DedupConfig, partitions: int | None = None) -> dict:
+    """All steps in order in this process, as the flow wires them (for tests, benchmarks and small data):
+    <run_dir>/dedup/part-*.parquet and <run_dir>/rejected/dedup/part-*.parquet. Returns clusters' summary."""
+    partitions = partitions or cfg.partitions
+    work = io.join(run_dir, "dedup", "_work")
+    exact_urls: list[str] = []
+    if cfg.exact:
+        for url in part_urls:
+            exact_hashes(url, io.join(work, "exact"), partitions, cfg.batch_size)
+        exact_urls = [io.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
+        for p, out in enumerate(exact_urls):
+            exact_groups(partition_dir(io.join(work, "exact"), p), out)
+    pair_urls: list[str] = []
+    if cfg.minhash:
+        for url in part_urls:
+            signature_rows(url, io.join(work, "bands"), partitions, cfg, exact_urls)
+        pair_urls = [io.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
+        for p, out in enumerate(pair_urls):
+            bucket_pairs(partition_dir(io.join(work, "bands"), p), out, cfg)
+    summary = clusters(pair_urls, exact_urls, io.join(work, "duplicates"))
+    for url in part_urls:
+        drop_duplicates(url, io.join(work, "duplicates"), run_dir)
+    return summary

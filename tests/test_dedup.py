@@ -31,27 +31,8 @@ def _near_copy(text: str, seed: int, edits: int = 2) -> str:
     return "Skip to main content | Menu\n" + " ".join(words)
 
 
-def _run(run: str, urls: list[str], cfg: DedupConfig = CFG, partitions: int | None = None) -> tuple[dict, list[dict]]:
-    """The dedup steps in order, as the flow wires them, sequentially in this process."""
-    partitions = partitions or cfg.partitions
-    work = f"{run}/dedup/_work"
-    exact_urls = []
-    if cfg.exact:
-        for u in urls:
-            dedup.exact_hashes(u, f"{work}/exact", partitions)
-        exact_urls = [f"{work}/exact-groups/partition-{p:05d}.parquet" for p in range(partitions)]
-        for p, out in enumerate(exact_urls):
-            dedup.exact_groups(dedup.partition_dir(f"{work}/exact", p), out)
-    pair_urls = []
-    if cfg.minhash:
-        for u in urls:
-            dedup.signature_rows(u, f"{work}/bands", partitions, cfg, exact_urls)
-        pair_urls = [f"{work}/pairs/partition-{p:05d}.parquet" for p in range(partitions)]
-        for p, out in enumerate(pair_urls):
-            dedup.bucket_pairs(dedup.partition_dir(f"{work}/bands", p), out, cfg)
-    summary = dedup.clusters(pair_urls, exact_urls, f"{work}/duplicates")
-    for u in urls:
-        dedup.drop_duplicates(u, f"{work}/duplicates", run)
+def _run(run: str, urls: list[str], cfg: DedupConfig = CFG) -> tuple[dict, list[dict]]:
+    summary = dedup.run_local(urls, run, cfg)
     rejected = [r for f in io.list_files(f"{run}/rejected/dedup") for r in io.read_parquet(f, columns=["id", "reason", "duplicate_of"]).to_pylist()]
     return summary, sorted(rejected, key=lambda r: r["id"])
 
