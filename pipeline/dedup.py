@@ -116,7 +116,7 @@ def no_space_script(normalized: pa.Array) -> np.ndarray:
     data, offsets = _utf8(normalized)
     if len(data) == 0:
         return np.zeros(len(normalized), bool)
-    counted = np.r_[0, np.cumsum(((data & 0xC0) != 0x80) & (data != 0x20))]
+    counted = np.r_[0, np.cumsum(((data & 0xC0) != 0x80) & (data > 0x20))]  # characters, not spaces
     chars = counted[offsets[1:]] - counted[offsets[:-1]]
     lead3 = np.flatnonzero((data >= 0xE0) & (data < 0xF0))
     lead4 = np.flatnonzero(data >= 0xF0)
@@ -151,9 +151,8 @@ def word_tokens(normalized: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def char_tokens(normalized: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(64-bit hash of every non-space character, its document's index), flat over the batch."""
-    points, doc = _code_points(normalized)
-    keep = points != 0x20
-    return _fmix64(points[keep].astype(_U64) + _BASE), doc[keep].astype(np.int64)
+    points, doc = _code_points(pc.replace_substring_regex(normalized, r"\s+", ""))
+    return _fmix64(points.astype(_U64) + _BASE), doc.astype(np.int64)
 
 
 def ngram_hashes(tokens: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -67,6 +67,8 @@ def test_text_without_spaces_is_shingled_by_characters():
     assert list(dedup.no_space_script(normalized)) == [True, True, False]
     h, d = dedup.shingle_hashes(pa.array([zh]), DedupConfig(char_ngram=5))
     assert len(set(h)) == len(dedup.normalize(zh).replace(" ", "")) - 4  # one per 5-character window
+    wrapped, _ = dedup.shingle_hashes(pa.array([zh[:20] + "\n\n  " + zh[20:]]), DedupConfig(char_ngram=5))
+    assert list(wrapped) == list(h)  # line breaks and indentation are not characters of the text
 
 
 def test_signatures_equal_datasketch_fed_the_same_shingle_hashes(real_docs):
