@@ -66,6 +66,7 @@ def _execute(cfg: RunConfig, flow_name: str) -> dict:
         flows = {
             "run": end_to_end.end_to_end,
             "curate": curate.curate_on_ray,
+            "dedup": curate.dedup_on_ray,
             "train": train.train,
             "evaluate": evaluate.evaluate,
         }
@@ -84,6 +85,8 @@ def _execute(cfg: RunConfig, flow_name: str) -> dict:
 
 
 def _print_summary(cfg: RunConfig) -> None:
+    from pipeline import io
+
     from .report import load_stats, summary_rows
 
     table = Table(title=f"tokenmill run {cfg.run_id}", show_header=False)
@@ -94,9 +97,10 @@ def _print_summary(cfg: RunConfig) -> None:
     console.print(table)
     _print_funnel(cfg.run_dir)
     console.print(f"Outputs: {cfg.run_dir}")
-    for name, what in (("tokens/manifest.json", "token shards"), ("train/model.safetensors", "model weights"),
+    for name, what in (("dedup", "deduplicated"), ("tokens/manifest.json", "token shards"), ("train/model.safetensors", "model weights"),
                        ("train/metrics.jsonl", "training metrics"), ("report.md", "report")):
-        console.print(f"  {what:15s} {cfg.run_dir}/{name}")
+        if io.exists(io.join(cfg.run_dir, name)):
+            console.print(f"  {what:15s} {cfg.run_dir}/{name}")
 
 
 def _print_funnel(run_dir: str) -> None:
@@ -130,6 +134,23 @@ def curate_cmd(inputs: Optional[List[str]] = typer.Argument(None, help="input fi
     """Curate only: read, filter, dedup, tokenize and shard."""
     _execute(_config(config, run_id, output_dir, ray_address, keep_server, set_,
                      **{"curate.inputs": inputs or None, "curate.reader.strict": strict or None}), "curate")
+
+
+@app.command("dedup")
+def dedup_cmd(inputs: List[str] = typer.Argument(..., help="input files, directories or globs (JSONL, plain or compressed)"),
+              out: Path = typer.Option(..., "--out", help="output directory: kept docs in OUT/dedup, duplicates in OUT/rejected/dedup"),
+              threshold: Optional[float] = typer.Option(None, help="Jaccard similarity that makes a near duplicate (default 0.8)"),
+              num_perm: Optional[int] = typer.Option(None, "--num-perm", help="MinHash permutations (default 128)"),
+              ngram: Optional[int] = typer.Option(None, help="words per shingle (default 5)"),
+              exact: Optional[bool] = typer.Option(None, "--exact/--no-exact", help="drop exact copies first (default: on)"),
+              id_key: Optional[str] = typer.Option(None, "--id-key", help="input field holding the document id (default: id)"),
+              config: Optional[str] = ConfigOpt, ray_address: Optional[str] = RayOpt, keep_server: bool = KeepOpt,
+              set_: Optional[List[str]] = SetOpt):
+    """Exact + MinHash LSH near-duplicate removal only (no quality filter, no tokens), on Ray."""
+    out = out.resolve()
+    fields = {"curate.inputs": inputs, "curate.dedup.threshold": threshold, "curate.dedup.num_perm": num_perm,
+              "curate.dedup.ngram": ngram, "curate.dedup.exact": exact, "curate.reader.id_key": id_key}
+    _execute(_config(config, out.name, str(out.parent), ray_address, keep_server, set_, **fields), "dedup")
 
 
 @app.command("train")

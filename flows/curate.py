@@ -1,4 +1,4 @@
-"""The curate flow: read -> quality -> exact dedup -> MinHash dedup -> tokenizer -> token shards.
+"""The curate flow: read -> quality -> dedup (exact, then MinHash LSH) -> tokenizer -> token shards.
 
 Thin wiring only: each task is a pipeline function, mapped over parts and run on Ray.
 """
@@ -16,59 +16,71 @@ from .runtime import ray_task_runner, run_mapped, stage
 read_file = task(readers.read_file, name="read", retries=1)
 filter_part = task(filters.filter_part, name="quality", retries=1)
 exact_hashes = task(dedup.exact_hashes, name="exact-hashes", retries=1)
-exact_duplicates = task(dedup.exact_duplicates, name="exact-duplicates", retries=1)
-drop_duplicates = task(dedup.drop_duplicates, name="drop-duplicates", retries=1)
-minhash_signatures = task(dedup.minhash_signatures, name="minhash-signatures", retries=1)
-minhash_buckets = task(dedup.minhash_buckets, name="minhash-buckets", retries=1)
-minhash_clusters = task(dedup.minhash_clusters, name="minhash-clusters", retries=1)
+exact_groups = task(dedup.exact_groups, name="exact-groups", retries=1)
+signature_rows = task(dedup.signature_rows, name="minhash-signatures", retries=1)
+bucket_pairs = task(dedup.bucket_pairs, name="minhash-buckets", retries=1)
+clusters = task(dedup.clusters, name="dedup-clusters", retries=1)
+drop_duplicates = task(dedup.drop_duplicates, name="dedup-drop", retries=1)
 train_tokenizer = task(tokenize.train_tokenizer, name="train-tokenizer", retries=1)
 tokenize_part = task(tokenize.tokenize_part, name="tokenize", retries=1)
+
+
+def _mapper(config: RunConfig):
+    def mapped(fn, calls, what):
+        return run_mapped(fn, calls, config.ray.max_in_flight, what, config.prefect.task_retries, config.prefect.retry_delay_s)
+    return mapped
+
+
+def read_stage(config: RunConfig) -> dict:
+    cfg, run_dir = config.curate, config.run_dir
+    shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes)
+    calls = [dict(**s, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, s in enumerate(shards)]
+    stats = finish_stage(run_dir, "read", _mapper(config)(read_file, calls, "read"))
+    for e in stats["errors"]:
+        get_run_logger().warning("input %s: %s at offset %s: %s", e["path"], e["reason"], e["offset"], e["error"])
+    return stats
+
+
+def dedup_stage(config: RunConfig, source: str) -> dict:
+    """Exact then MinHash LSH dedup of `source`'s parts into the `dedup` stage (pipeline/dedup.py has the steps)."""
+    cfg, run_dir, mapped = config.curate.dedup, config.run_dir, _mapper(config)
+    work = io.join(run_dir, "dedup", "_work")
+    parts = stage_parts(run_dir, source)
+    partitions = dedup.num_partitions(cfg, io.read_json(io.join(run_dir, source, "_stats.json"))["docs_kept"])
+    summary: dict = {"partitions": partitions}
+    exact_urls: list[str] = []
+    if cfg.exact:
+        calls = [dict(part_url=p, work_dir=io.join(work, "exact"), partitions=partitions, batch_size=cfg.batch_size) for p in parts]
+        mapped(exact_hashes, calls, "exact hashes")
+        exact_urls = [io.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
+        calls = [dict(partition=dedup.partition_dir(io.join(work, "exact"), p), out_url=u) for p, u in enumerate(exact_urls)]
+        mapped(exact_groups, calls, "exact groups")
+    pair_urls: list[str] = []
+    if cfg.minhash:
+        calls = [dict(part_url=p, work_dir=io.join(work, "bands"), partitions=partitions, cfg=cfg, exact_urls=exact_urls) for p in parts]
+        mapped(signature_rows, calls, "minhash signatures")
+        pair_urls = [io.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
+        calls = [dict(partition=dedup.partition_dir(io.join(work, "bands"), p), out_url=u, cfg=cfg) for p, u in enumerate(pair_urls)]
+        found = mapped(bucket_pairs, calls, "minhash buckets")
+        bands, rows = dedup.lsh_params(cfg)
+        summary.update(bands=bands, rows=rows, **{k: sum(f[k] for f in found) for k in ("candidate_pairs", "pairs")})
+    duplicates_dir = io.join(work, "duplicates")
+    summary.update(clusters.submit(pair_urls, exact_urls, duplicates_dir).result())
+    calls = [dict(part_url=p, duplicates_dir=duplicates_dir, run_dir=run_dir) for p in parts]
+    stats = finish_stage(run_dir, "dedup", mapped(drop_duplicates, calls, "dedup drop"), **summary)
+    for scratch in ("exact", "bands"):  # the band rows are the bulk; pairs and duplicate lists stay for inspection
+        io.remove_tree(io.join(work, scratch))
+    return stats
 
 
 @flow(name="curate", log_prints=True)
 def curate(config: RunConfig) -> dict:
     config = config.with_run_id()
-    cfg, run_dir, width = config.curate, config.run_dir, config.ray.max_in_flight
-
-    def mapped(fn, calls, what):
-        return run_mapped(fn, calls, width, what, config.prefect.task_retries, config.prefect.retry_delay_s)
-
-    def read():
-        shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes)
-        calls = [dict(**s, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, s in enumerate(shards)]
-        stats = finish_stage(run_dir, "read", mapped(read_file, calls, "read"))
-        for e in stats["errors"]:
-            get_run_logger().warning("input %s: %s at offset %s: %s", e["path"], e["reason"], e["offset"], e["error"])
-        return stats
+    cfg, run_dir, mapped = config.curate, config.run_dir, _mapper(config)
 
     def quality():
         calls = [dict(part_url=p, run_dir=run_dir, cfg=cfg.quality) for p in stage_parts(run_dir, "read")]
         return finish_stage(run_dir, "quality", mapped(filter_part, calls, "quality"))
-
-    def drop(name: str, source: str, duplicates_url: str, summary: dict):
-        calls = [dict(part_url=p, duplicates_url=duplicates_url, run_dir=run_dir, stage=name, reason=f"{name}.duplicate")
-                 for p in stage_parts(run_dir, source)]
-        return finish_stage(run_dir, name, mapped(drop_duplicates, calls, f"{name} drop"), **summary)
-
-    def exact(source: str):
-        work = io.join(run_dir, "exact")
-        calls = [dict(part_url=p, out_dir=io.join(work, "_hashes")) for p in stage_parts(run_dir, source)]
-        hashes = mapped(exact_hashes, calls, "exact hashes")
-        duplicates_url = io.join(work, "_duplicates.parquet")
-        summary = exact_duplicates.submit(hashes, duplicates_url).result()
-        return drop("exact", source, duplicates_url, summary)
-
-    def minhash(source: str):
-        work = io.join(run_dir, "minhash")
-        calls = [dict(part_url=p, out_dir=io.join(work, "_bands"), cfg=cfg.dedup) for p in stage_parts(run_dir, source)]
-        mapped(minhash_signatures, calls, "minhash signatures")
-        pair_urls = [io.join(work, "_pairs", f"partition-{p:05d}.parquet") for p in range(cfg.dedup.partitions)]
-        calls = [dict(partition_dir=io.join(work, "_bands", f"partition-{p:05d}"), out_url=u) for p, u in enumerate(pair_urls)]
-        pairs = sum(r["pairs"] for r in mapped(minhash_buckets, calls, "minhash buckets"))
-        duplicates_url = io.join(work, "_duplicates.parquet")
-        summary = minhash_clusters.submit(pair_urls, duplicates_url).result()
-        bands, rows = dedup.lsh_params(cfg.dedup)
-        return drop("minhash", source, duplicates_url, {**summary, "candidate_pairs": pairs, "bands": bands, "rows": rows})
 
     def tokens(source: str):
         out = io.join(run_dir, "tokens")
@@ -85,14 +97,11 @@ def curate(config: RunConfig) -> dict:
         return stats
 
     io.makedirs(run_dir)
-    stats = {"read": stage(run_dir, "read", read), "quality": stage(run_dir, "quality", quality)}
+    stats = {"read": stage(run_dir, "read", lambda: read_stage(config)), "quality": stage(run_dir, "quality", quality)}
     last = "quality"
-    if cfg.dedup.exact:
-        stats["exact"] = stage(run_dir, "exact", lambda: exact(last))
-        last = "exact"
-    if cfg.dedup.minhash:
-        stats["minhash"] = stage(run_dir, "minhash", lambda: minhash(last))
-        last = "minhash"
+    if cfg.dedup.exact or cfg.dedup.minhash:
+        stats["dedup"] = stage(run_dir, "dedup", lambda: dedup_stage(config, last))
+        last = "dedup"
     stats["tokens"] = stage(run_dir, "tokens", lambda: tokens(last))
     rows = funnel.load_funnel(run_dir)
     funnel.write_funnel(run_dir, rows)
@@ -101,7 +110,23 @@ def curate(config: RunConfig) -> dict:
     return stats
 
 
+@flow(name="dedup", log_prints=True)
+def dedup_flow(config: RunConfig) -> dict:
+    """read -> dedup only (`tokenmill dedup`): kept docs in <run>/dedup, duplicates in <run>/rejected/dedup."""
+    config = config.with_run_id()
+    io.makedirs(config.run_dir)
+    stats = {"read": stage(config.run_dir, "read", lambda: read_stage(config))}
+    stats["dedup"] = stage(config.run_dir, "dedup", lambda: dedup_stage(config, "read"))
+    return stats
+
+
 @flow(name="curate-on-ray", log_prints=True)
 def curate_on_ray(config: RunConfig) -> dict:
     """curate with its tasks on Ray (local, or config.ray.address): the CLI's and the deployment's entry."""
     return curate.with_options(task_runner=ray_task_runner(config.ray))(config.with_run_id())
+
+
+@flow(name="dedup-on-ray", log_prints=True)
+def dedup_on_ray(config: RunConfig) -> dict:
+    """The dedup flow with its tasks on Ray: what `tokenmill dedup` runs."""
+    return dedup_flow.with_options(task_runner=ray_task_runner(config.ray))(config.with_run_id())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pipeline import io
 
-DOC_STAGES = ("read", "quality", "exact", "minhash")
+DOC_STAGES = ("read", "quality", "dedup")
 
 
 def load_stats(run_dir: str) -> dict[str, dict]:
@@ -25,8 +25,8 @@ def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
             s = stats[name]
             for reason, n in s["rejected"].items():
                 rows.append((f"  rejected: {reason}", f"{n:,}"))
-        dups = sum(stats[s]["docs_rejected"] for s in ("exact", "minhash") if s in stats)
-        rows.append(("duplicates removed (exact + near)", f"{dups:,}"))
+        if "dedup" in stats:
+            rows.append(("duplicates removed (exact + near)", f"{stats['dedup']['docs_rejected']:,}"))
         rows.append(("docs kept", f"{stats[doc_stages[-1]]['docs_kept']:,}"))
     if "tokens" in stats:
         t = stats["tokens"]
@@ -63,11 +63,13 @@ def render_report(run_dir: str) -> str:
         reasons = [[name, reason, f"{n:,}"] for name, s in stats.items() if name in DOC_STAGES for reason, n in s["rejected"].items()]
         if reasons:
             out += ["### Rejected, by reason", "", markdown_table(["stage", "reason", "docs"], reasons), ""]
-    if "minhash" in stats:
-        m = stats["minhash"]
-        out += ["## Near-duplicates (MinHash LSH)", "",
-                f"{m.get('bands')} bands x {m.get('rows')} rows, {m.get('candidate_pairs', 0):,} candidate pairs, "
-                f"{m.get('duplicates', 0):,} duplicates in {m.get('clusters', 0):,} multi-doc clusters.", "",
+    if "dedup" in stats:
+        m = stats["dedup"]
+        lsh = (f"MinHash LSH: {m['bands']} bands x {m['rows']} rows over {m['partitions']} partitions, "
+               f"{m['candidate_pairs']:,} candidate pairs, {m['pairs']:,} verified. ") if "bands" in m else ""
+        out += ["## Duplicates", "",
+                f"{lsh}{m.get('exact_duplicates', 0):,} exact and {m.get('near_duplicates', 0):,} near duplicates "
+                f"removed from {m.get('clusters', 0):,} multi-doc clusters.", "",
                 markdown_table(["cluster size", "clusters"], [[k, v] for k, v in m.get("cluster_sizes", {}).items()]), ""]
     if "tokens" in stats:
         t = stats["tokens"]

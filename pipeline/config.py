@@ -126,12 +126,16 @@ class QualityConfig(_Section):
 
 
 class DedupConfig(_Section):
-    exact: bool = True
-    minhash: bool = True
-    threshold: float = Field(0.8, gt=0, lt=1)
+    exact: bool = Field(True, description="drop copies whose normalised text is identical (before MinHash)")
+    minhash: bool = Field(True, description="drop near duplicates (MinHash LSH)")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity of shingle sets that counts as a duplicate")
     num_perm: int = Field(128, ge=16)
-    ngram: int = Field(5, ge=1)
-    partitions: int = Field(4, ge=1)
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    char_ngram: int = Field(5, ge=1, description="characters per shingle, for text without spaces (CJK, Thai...)")
+    verify: bool = Field(True, description="keep only candidate pairs whose estimated Jaccard >= threshold")
+    partitions: int = Field(4, ge=1, description="hash partitions at least (more when max_partition_rows needs them)")
+    max_partition_rows: int = Field(20_000_000, ge=1000, description="band rows per partition at most: bounds memory")
+    batch_size: int = Field(4096, ge=1, description="documents hashed at once")
     seed: int = 1
 
 

@@ -1,21 +1,37 @@
-"""Exact and MinHash-LSH near-duplicate removal, as steps mapped over parts and partitions.
+"""Exact and MinHash-LSH near-duplicate removal, as steps mapped over parts and hash partitions.
 
-Exact:   hashes (per part) -> duplicates (global group-by on hash) -> drop (per part)
-MinHash: signatures (per part, band rows partitioned by band hash) -> buckets (per partition:
-         candidate pairs) -> clusters (union-find over all pairs) -> drop (per part)
-The kept representative of every group is its lowest id, whatever order tasks ran in.
+    exact_hashes   per part       hash of the normalised text -> (hash, id, part) rows in P partitions
+    exact_groups   per partition  rows with an equal hash -> (id, duplicate_of = lowest id of the hash)
+    signatures     per part       MinHash of every doc that is not an exact copy, b bands x r rows ->
+                                  (band_hash, id, part[, signature]) rows in P partitions
+    buckets        per partition  docs sharing a band bucket -> pairs, verified by estimated Jaccard
+    clusters       once           union-find over exact and near pairs -> per-part duplicate lists
+    drop           per part       kept docs and rejected ones with `reason` and `duplicate_of`
+
+Memory of every per-part step is bounded by `batch_size` documents, of every per-partition step by the
+partition's size (partitions are added as the corpus grows, see num_partitions); only `clusters`
+holds something corpus-wide: the ids of duplicate documents. The kept representative of every
+cluster is its lowest id, whatever order tasks ran in and however many partitions there are.
+
+Signatures are computed for a whole batch at once: pyarrow normalises and splits, each distinct
+word is hashed once, n-gram hashes come from numpy arithmetic over the flat token array, and the
+`num_perm` permutations are one matrix operation reduced per document with np.minimum.reduceat.
+They equal datasketch's `MinHash(num_perm, seed)` (its default affine32 scheme) fed the same
+32-bit shingle hashes, so estimates and LSH parameters mean the same as with datasketch.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-import re
+import math
 import time
-import unicodedata
-from collections import Counter
+from collections import Counter, defaultdict
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
@@ -23,62 +39,204 @@ from . import io
 from .config import DedupConfig
 from .stages import part_name, shard_of, write_part
 
-DUPLICATES_SCHEMA = pa.schema([("id", pa.string()), ("duplicate_of", pa.string())])
-_PUNCT = re.compile(r"[^\w\s]")
+_PUNCT = r"[^\p{L}\p{N}\p{M}\s]+"  # anything but letters, digits, combining marks and spaces
+NO_SPACE_SHARE = 0.3  # share of such characters above which a document is shingled by characters
+EXACT = "dedup.exact"  # identical, after normalisation, to the kept document
+NEAR = "dedup.near"  # estimated Jaccard similarity >= threshold with a document of its cluster
+
+_U64 = np.uint64
+_M64 = (_U64(0xFF51AFD7ED558CCD), _U64(0xC4CEB9FE1A85EC53))  # MurmurHash3 fmix64 constants
+_M32 = (np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35))  # MurmurHash3 fmix32 (as datasketch)
+_BASE = _U64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial n-gram and band hashes
+
+
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> _U64(33))
+    x = x * _M64[0]
+    x = x ^ (x >> _U64(33))
+    x = x * _M64[1]
+    return x ^ (x >> _U64(33))
+
+
+def _fmix32(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint32(16))
+    x = x * _M32[0]
+    x = x ^ (x >> np.uint32(13))
+    x = x * _M32[1]
+    return x ^ (x >> np.uint32(16))
+
+
+# ---- normalisation and shingles, over a whole batch --------------------------------------------------
+
+
+def normalize_batch(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """NFKC, lowercase, punctuation -> space, trimmed (words may still be separated by several spaces)."""
+    texts = pa.chunked_array([texts]).combine_chunks() if isinstance(texts, pa.Array) else texts.combine_chunks()
+    ascii_ = pc.string_is_ascii(texts)
+    if not pc.all(ascii_).as_py():  # ASCII is already NFKC: normalise the others only
+        texts = pc.replace_with_mask(texts, pc.invert(ascii_), pc.utf8_normalize(texts.filter(pc.invert(ascii_)), "NFKC"))
+    texts = pc.utf8_lower(texts)
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, _PUNCT, " "))
 
 
 def normalize(text: str) -> str:
-    """NFKC, lowercase, punctuation removed, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_PUNCT.sub(" ", text).split())
+    """One text as the dedup steps see it: normalised words joined by single spaces."""
+    words = pc.utf8_split_whitespace(normalize_batch(pa.array([text])))
+    return " ".join(w for w in words[0].as_py() if w)
 
 
-def _digest(data: bytes, size: int) -> bytes:
-    return hashlib.blake2b(data, digest_size=size).digest()
+def _code_points(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(code point, document index) of every character of a batch of normalised texts."""
+    # Normalised text has no control characters left, so NUL can separate the documents.
+    points = np.frombuffer("\x00".join(texts.to_pylist()).encode("utf-32-le"), dtype=np.uint32)
+    doc = np.cumsum(points == 0)
+    keep = points != 0
+    return points[keep], doc[keep]
 
 
-# ---- exact ---------------------------------------------------------------------------------------
+# Unicode blocks of scripts written without spaces between words: CJK, kana, Thai, Lao, Tibetan,
+# Myanmar, Khmer. A document mostly in them is shingled by characters.
+_NO_SPACE_BLOCKS = np.array([(0x0E00, 0x0EFF), (0x0F00, 0x0FFF), (0x1000, 0x109F), (0x1780, 0x17FF),
+                             (0x3040, 0x30FF), (0x3400, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3FFFF)])
 
 
-def exact_hashes(part_url: str, out_dir: str) -> str:
-    docs = io.read_parquet(part_url, columns=["id", "text"])
-    hashes = [_digest(normalize(t).encode(), 16) for t in docs["text"].to_pylist()]
-    out = io.join(out_dir, part_name(shard_of(part_url)) + ".parquet")
-    io.write_parquet(out, pa.table({"id": docs["id"], "hash": pa.array(hashes, pa.binary(16))}))
-    return out
+def _utf8(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes, offsets) of a string array, without copying."""
+    strings = strings.cast(pa.large_string())
+    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset : strings.offset + len(strings) + 1]
+    data = np.frombuffer(strings.buffers()[2], np.uint8) if strings.buffers()[2] is not None else np.zeros(0, np.uint8)
+    return data[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
-def _lowest_per_group(table: pa.Table, key: str) -> pa.Table:
-    """(id, duplicate_of) for every row whose `key` group has a lower id."""
-    reps = table.group_by(key).aggregate([("id", "min")]).rename_columns([key, "duplicate_of"])
-    joined = table.join(reps, key)
-    dups = joined.filter(pc.not_equal(joined["id"], joined["duplicate_of"]))
-    return dups.select(["id", "duplicate_of"]).sort_by("id").cast(DUPLICATES_SCHEMA)
+def no_space_script(normalized: pa.Array) -> np.ndarray:
+    """Per document: is it mostly (NO_SPACE_SHARE) written in a script without spaces between words?
+
+    Decided from the UTF-8 bytes with numpy: characters are the non-continuation bytes, and the
+    code point of every 3- and 4-byte character is decoded to find its block."""
+    data, offsets = _utf8(normalized)
+    if len(data) == 0:
+        return np.zeros(len(normalized), bool)
+    counted = np.r_[0, np.cumsum(((data & 0xC0) != 0x80) & (data > 0x20))]  # characters, not spaces
+    chars = counted[offsets[1:]] - counted[offsets[:-1]]
+    lead3 = np.flatnonzero((data >= 0xE0) & (data < 0xF0))
+    lead4 = np.flatnonzero(data >= 0xF0)
+    pad = np.r_[data, np.zeros(3, np.uint8)].astype(np.uint32)
+    cp3 = ((pad[lead3] & 0x0F) << 12) | ((pad[lead3 + 1] & 0x3F) << 6) | (pad[lead3 + 2] & 0x3F)
+    cp4 = ((pad[lead4] & 0x07) << 18) | ((pad[lead4 + 1] & 0x3F) << 12) | ((pad[lead4 + 2] & 0x3F) << 6) | (pad[lead4 + 3] & 0x3F)
+    lead, points = np.r_[lead3, lead4], np.r_[cp3, cp4]
+    inside = np.searchsorted(_NO_SPACE_BLOCKS.ravel(), points, side="right") % 2 == 1
+    doc = np.searchsorted(offsets, lead, side="right") - 1
+    special = np.bincount(doc, weights=inside, minlength=len(normalized))
+    return special > NO_SPACE_SHARE * np.maximum(chars, 1)
 
 
-def exact_duplicates(hash_urls: list[str], out_url: str) -> dict:
-    # Only (id, 16-byte hash) per document is held here, never the text.
-    table = pa.concat_tables([io.read_parquet(u) for u in hash_urls])
-    if table.num_rows != pc.count_distinct(table["id"]).as_py():
-        ids = Counter(table["id"].to_pylist())
-        repeated = [i for i, c in ids.items() if c > 1][:5]
-        raise ValueError(f"document ids are not unique across the inputs, e.g. {repeated}; "
-                         "fix reader.id_key or set it to null to derive ids from file and line")
-    dups = _lowest_per_group(table, "hash")
-    io.write_parquet(out_url, dups)
-    return {"duplicates": dups.num_rows}
+def word_tokens(normalized: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit hash of every word, its document's index), flat over the batch, computed with numpy
+    over the UTF-8 bytes (a polynomial hash per word, then a 64-bit mix)."""
+    words = pc.utf8_split_whitespace(normalized)
+    flat, doc = pc.list_flatten(words), pc.list_parent_indices(words)
+    nonempty = pc.greater(pc.utf8_length(flat), 0)
+    flat = flat.filter(nonempty)
+    doc = doc.filter(nonempty).to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(flat) == 0:
+        return np.zeros(0, _U64), doc
+    data, offsets = _utf8(flat)
+    data = data.astype(_U64)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    powers = np.cumprod(np.full(int(lengths.max()), _BASE, _U64))  # B^1 .. B^max, wrapping mod 2^64
+    from_end = np.repeat(starts + lengths, lengths) - np.arange(len(data)) - 1  # bytes after this one in its word
+    h = np.add.reduceat(data * powers[from_end], starts)
+    return _fmix64(h + lengths.astype(_U64)), doc
 
 
-def drop_duplicates(part_url: str, duplicates_url: str, run_dir: str, stage: str, reason: str) -> dict:
-    started = time.perf_counter()
-    docs = io.read_parquet(part_url)
-    dup_of = dict(zip(*io.read_parquet(duplicates_url).to_pydict().values()))
-    targets = [dup_of.get(i) for i in docs["id"].to_pylist()]
-    reasons = [reason if t is not None else None for t in targets]
-    return write_part(run_dir, stage, shard_of(part_url), docs, reasons, targets, started=started)
+def char_tokens(normalized: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit hash of every non-space character, its document's index), flat over the batch."""
+    points, doc = _code_points(pc.replace_substring_regex(normalized, r"\s+", ""))
+    return _fmix64(points.astype(_U64) + _BASE), doc.astype(np.int64)
 
 
-# ---- MinHash LSH ----------------------------------------------------------------------------------
+def ngram_hashes(tokens: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of every n-gram of consecutive tokens within a document (doc sorted ascending).
+
+    A document shorter than n tokens has one shingle: all its tokens."""
+    size = len(tokens)
+    pos = np.arange(size)
+    first = np.r_[True, doc[1:] != doc[:-1]] if size else np.zeros(0, bool)
+    starts = pos[first]
+    ends = np.r_[starts[1:], size]
+    end = np.repeat(ends, np.diff(np.r_[starts, size]))  # exclusive end of each token's document
+    acc = np.zeros(size, _U64)
+    for k in range(n):  # acc = t[i] * B^(n-1) + ... + t[i+n-1], tokens past the document's end count 0
+        nxt = np.where(pos + k < end, tokens[np.minimum(pos + k, max(size - 1, 0))], _U64(0))
+        acc = acc * _BASE + nxt
+    keep = (pos + n <= end) | (first & (end - pos < n))
+    return (_fmix64(acc[keep]) >> _U64(32)).astype(np.uint32), doc[keep]
+
+
+def shingle_hashes(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(32-bit shingle hash, document index) of a batch, sorted by document; every document has one at least.
+
+    Word n-grams (cfg.ngram), or character n-grams (cfg.char_ngram) for text without spaces."""
+    normalized = normalize_batch(texts)
+    chars = no_space_script(normalized)
+    out_h, out_d = [], []
+    for mask, tokenize, n in ((~chars, word_tokens, cfg.ngram), (chars, char_tokens, cfg.char_ngram)):
+        rows = np.flatnonzero(mask)
+        if len(rows):
+            tokens, doc = tokenize(normalized.take(pa.array(rows)))
+            h, d = ngram_hashes(tokens, doc, n)
+            out_h.append(h)
+            out_d.append(rows[d])
+    # A document without any token (only punctuation) gets the shingle of the empty text.
+    present = np.zeros(len(normalized), bool)
+    for d in out_d:
+        present[d] = True
+    empty = np.flatnonzero(~present)
+    out_h.append(np.zeros(len(empty), np.uint32))
+    out_d.append(empty)
+    h, d = np.concatenate(out_h), np.concatenate(out_d)
+    order = np.argsort(d, kind="stable")
+    return h[order], d[order]
+
+
+def shingle_texts(text: str, n: int) -> set[str]:
+    """Reference word n-grams of one text, as strings (for tests and benchmarks; the steps use hashes)."""
+    words = normalize(text).split()
+    return {" ".join(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+
+# ---- MinHash signatures ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine permutations (a odd) for num_perm and seed: h -> a*h + b mod 2^32."""
+    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+def minhash(hashes: np.ndarray, doc: np.ndarray, num_docs: int, num_perm: int, seed: int,
+            chunk: int = 4096) -> np.ndarray:
+    """(num_docs, num_perm) uint32 signatures from shingle hashes sorted by document."""
+    a, b = permutations(num_perm, seed)
+    a, b = a[:, None], b[:, None]
+    sig = np.full((num_docs, num_perm), np.iinfo(np.uint32).max, np.uint32)
+    mixed = _fmix32(hashes.astype(np.uint32))
+    buf = np.empty((num_perm, min(chunk, len(mixed))), np.uint32)
+    for s in range(0, len(mixed), chunk):  # (num_perm x chunk) stays in cache; min runs along rows
+        values = buf[:, : len(mixed[s : s + chunk])]
+        np.multiply(a, mixed[s : s + chunk], out=values)
+        np.add(values, b, out=values)
+        d = doc[s : s + chunk]
+        seg = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
+        rows = d[seg]
+        sig[rows] = np.minimum(sig[rows], np.minimum.reduceat(values, seg, axis=1).T)
+    return sig
+
+
+def signatures(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> np.ndarray:
+    h, d = shingle_hashes(texts, cfg)
+    return minhash(h, d, len(texts), cfg.num_perm, cfg.seed)
 
 
 def lsh_params(cfg: DedupConfig) -> tuple[int, int]:
@@ -86,53 +244,189 @@ def lsh_params(cfg: DedupConfig) -> tuple[int, int]:
     return _optimal_param(cfg.threshold, cfg.num_perm, 0.5, 0.5)
 
 
-def shingles(text: str, n: int) -> set[bytes]:
-    words = normalize(text).split()
-    if len(words) <= n:
-        return {" ".join(words).encode()}
-    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(docs, bands) 64-bit hashes of each band's `rows` signature values; the band index is mixed in."""
+    x = sig[:, : bands * rows].reshape(len(sig), bands, rows).astype(_U64)
+    acc = np.broadcast_to(np.arange(1, bands + 1, dtype=_U64), (len(sig), bands)).copy()
+    for j in range(rows):
+        acc = acc * _BASE + x[:, :, j]
+    return _fmix64(acc)
 
 
-def signature(text: str, cfg: DedupConfig) -> np.ndarray:
-    m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
-    m.update_batch(list(shingles(text, cfg.ngram)))
-    return m.hashvalues
+def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity: the share of equal signature values (rows of a vs b)."""
+    return (sig_a == sig_b).mean(axis=-1)
 
 
-def minhash_signatures(part_url: str, out_dir: str, cfg: DedupConfig) -> list[str]:
-    """Band rows (band, band_hash, id) of one part, written into cfg.partitions partition dirs."""
+# ---- partitioned files -------------------------------------------------------------------------------
+
+
+def num_partitions(cfg: DedupConfig, docs: int) -> int:
+    """At least cfg.partitions, and enough that none holds more than cfg.max_partition_rows band rows."""
+    bands, _ = lsh_params(cfg)
+    return max(cfg.partitions, math.ceil(docs * bands / cfg.max_partition_rows))
+
+
+def partition_dir(work_dir: str, p: int) -> str:
+    return io.join(work_dir, f"partition-{p:05d}")
+
+
+def _batches(part_url: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    fs, path = io.fs_path(part_url)
+    with fs.open(path, "rb") as f:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def _write_partitioned(table: pa.Table, key: np.ndarray, work_dir: str, partitions: int, name: str) -> None:
+    """Rows of `table` into work_dir/partition-p/name, p = key mod partitions (uint64 key)."""
+    p_of = (key % _U64(partitions)).astype(np.int64)
+    order = np.argsort(p_of, kind="stable")
+    bounds = np.searchsorted(p_of[order], np.arange(partitions + 1))
+    for p in range(partitions):
+        rows = order[bounds[p] : bounds[p + 1]]
+        if len(rows):
+            io.write_parquet(io.join(partition_dir(work_dir, p), name), table.take(pa.array(rows)))
+
+
+def _read_all(urls: list[str], **kwargs) -> pa.Table | None:
+    tables = [io.read_parquet(u, **kwargs) for u in urls]
+    return pa.concat_tables(tables) if tables else None
+
+
+def _part_rows(urls: list[str], part: int, columns: list[str]) -> pa.Table | None:
+    """Rows of `part` from files that have a `part` column (one per partition)."""
+    tables = []
+    for url in urls:
+        fs, path = io.fs_path(url)
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns, filters=[("part", "=", part)]))
+    return pa.concat_tables(tables) if tables else None
+
+
+# ---- exact -------------------------------------------------------------------------------------------
+
+
+def exact_hashes(part_url: str, work_dir: str, partitions: int, batch_size: int = 4096) -> dict:
+    """(hash, id, part) of every doc of a part, into hash partitions; 16-byte blake2b of the normalised words."""
+    part = shard_of(part_url)
+    docs = 0
+    for n, batch in enumerate(_batches(part_url, ["id", "text"], batch_size)):
+        joined = pc.binary_join(pc.utf8_split_whitespace(normalize_batch(batch["text"])), " ")
+        digests = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in joined.to_pylist()]
+        table = pa.table({"hash": pa.array(digests, pa.binary(16)), "id": batch["id"],
+                          "part": pa.array(np.full(len(digests), part, np.int32))})
+        key = np.frombuffer(b"".join(digests), dtype=_U64)[::2].copy() if digests else np.zeros(0, _U64)
+        _write_partitioned(table, key, work_dir, partitions, f"{part_name(part)}-{n:05d}.parquet")
+        docs += len(digests)
+    return {"part": part, "docs": docs}
+
+
+def exact_groups(partition: str, out_url: str) -> dict:
+    """Docs of one hash partition whose normalised text equals a lower id's: (id, part, duplicate_of, rep_part)."""
+    table = _read_all(io.list_files(partition))
+    if table is None or table.num_rows == 0:
+        table = pa.table({"hash": pa.array([], pa.binary(16)), "id": pa.array([], pa.string()), "part": pa.array([], pa.int32())})
+    table = table.sort_by([("hash", "ascending"), ("id", "ascending")])
+    ids = table["id"].to_numpy(zero_copy_only=False)
+    if len(ids) > 1:
+        same = (table["hash"].to_numpy(zero_copy_only=False)[1:] == table["hash"].to_numpy(zero_copy_only=False)[:-1])
+        repeated = same & (ids[1:] == ids[:-1])
+        if repeated.any():
+            raise ValueError(f"document ids are not unique across the inputs, e.g. {sorted(set(ids[1:][repeated]))[:5]}; "
+                             "fix reader.id_key or set it to null to derive ids from file and line")
+    hashes = table["hash"].to_numpy(zero_copy_only=False)
+    first = np.r_[True, hashes[1:] != hashes[:-1]] if len(hashes) else np.zeros(0, bool)
+    rep = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0)) if len(ids) else np.zeros(0, np.int64)
+    dup = np.flatnonzero(~first)
+    parts = table["part"].to_numpy()
+    out = pa.table({"id": pa.array(ids[dup], pa.string()), "part": pa.array(parts[dup], pa.int32()),
+                    "duplicate_of": pa.array(ids[rep[dup]], pa.string()), "rep_part": pa.array(parts[rep[dup]], pa.int32())})
+    io.write_parquet(out_url, out)
+    return {"docs": table.num_rows, "duplicates": out.num_rows}
+
+
+# ---- MinHash LSH -------------------------------------------------------------------------------------
+
+
+def signature_rows(part_url: str, work_dir: str, partitions: int, cfg: DedupConfig, exact_urls: list[str] = ()) -> dict:
+    """Band rows (band_hash, id, part[, signature]) of a part's docs into hash partitions.
+
+    Docs listed as exact duplicates are skipped: their representative stands for them."""
+    part = shard_of(part_url)
     bands, rows = lsh_params(cfg)
-    docs = io.read_parquet(part_url, columns=["id", "text"])
-    ids, band_col, hash_col = [], [], []
-    for doc_id, text in zip(docs["id"].to_pylist(), docs["text"].to_pylist()):
-        sig = signature(text, cfg)
-        for b in range(bands):
-            ids.append(doc_id)
-            band_col.append(b)
-            hash_col.append(int.from_bytes(_digest(sig[b * rows : (b + 1) * rows].tobytes(), 8), "little"))
-    table = pa.table({"band": pa.array(band_col, pa.int32()), "band_hash": pa.array(hash_col, pa.uint64()), "id": pa.array(ids, pa.string())})
-    partition = pc.bit_wise_and(table["band_hash"], pa.scalar(0xFFFF, pa.uint64())).to_numpy() % cfg.partitions
-    name = part_name(shard_of(part_url)) + ".parquet"
-    written = []
-    for p in range(cfg.partitions):
-        url = io.join(out_dir, f"partition-{p:05d}", name)
-        io.write_parquet(url, table.filter(pa.array(partition == p)))
-        written.append(url)
-    return written
+    skip = _part_rows(list(exact_urls), part, ["id"])
+    skip_ids = pa.array([], pa.string()) if skip is None else skip["id"].combine_chunks()
+    docs = 0
+    for n, batch in enumerate(_batches(part_url, ["id", "text"], cfg.batch_size)):
+        batch = pa.Table.from_batches([batch])
+        batch = batch.filter(pc.invert(pc.is_in(batch["id"], value_set=skip_ids)))
+        if batch.num_rows == 0:
+            continue
+        sig = signatures(batch["text"], cfg)
+        keys = band_hashes(sig, bands, rows).reshape(-1)  # doc-major: doc i's bands are rows i*b .. i*b+b-1
+        doc_idx = pa.array(np.repeat(np.arange(batch.num_rows), bands))
+        columns = {"band_hash": pa.array(keys, pa.uint64()), "id": batch["id"].take(doc_idx),
+                   "part": pa.array(np.full(len(keys), part, np.int32))}
+        if cfg.verify:
+            width = cfg.num_perm * 4
+            columns["signature"] = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(width), len(keys), [None, pa.py_buffer(np.repeat(sig, bands, axis=0).tobytes())])
+        _write_partitioned(pa.table(columns), keys, work_dir, partitions, f"{part_name(part)}-{n:05d}.parquet")
+        docs += batch.num_rows
+    return {"part": part, "docs": docs, "band_rows": docs * bands}
 
 
-def minhash_buckets(partition_dir: str, out_url: str) -> dict:
-    """Candidate pairs of one partition: every doc sharing a band bucket is linked to its lowest id."""
-    table = pa.concat_tables([io.read_parquet(u) for u in io.list_files(partition_dir)])
-    groups = table.group_by(["band", "band_hash"]).aggregate([("id", "list")])
-    pairs = set()
-    for members in groups["id_list"].to_pylist():
-        if len(members) > 1:
-            lowest = min(members)
-            pairs.update((lowest, m) for m in members if m != lowest)
-    a, b = zip(*sorted(pairs)) if pairs else ((), ())
-    io.write_parquet(out_url, pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.string())}))
-    return {"pairs": len(pairs)}
+def _signature_matrix(column: pa.ChunkedArray, num_perm: int) -> np.ndarray:
+    arr = column.combine_chunks()
+    width = num_perm * 4
+    data = np.frombuffer(arr.buffers()[1], np.uint8)[arr.offset * width : (arr.offset + len(arr)) * width]
+    return data.view(np.uint32).reshape(len(arr), num_perm)
+
+
+def bucket_pairs(partition: str, out_url: str, cfg: DedupConfig) -> dict:
+    """Pairs (a, b, part_a, part_b) of docs sharing a band bucket in one partition.
+
+    Each bucket links its members to its lowest id; with cfg.verify, only members whose estimated
+    Jaccard with it is >= threshold, and the members left over form a bucket of their own.
+    Reads the keys first, then only the rows of buckets with two members or more."""
+    files = io.list_files(partition)
+    keys = _read_all(files, columns=["band_hash"])
+    shared = pa.array([], pa.uint64())
+    if keys is not None and keys.num_rows:
+        values, counts = np.unique(keys["band_hash"].to_numpy(), return_counts=True)
+        shared = pa.array(values[counts > 1], pa.uint64())
+    del keys
+    candidates = []
+    for url in files:
+        t = io.read_parquet(url)
+        candidates.append(t.filter(pc.is_in(t["band_hash"], value_set=shared)))
+    stats = {"band_rows_in_buckets": 0, "candidate_pairs": 0, "pairs": 0}
+    pairs: set[tuple[str, str, int, int]] = set()
+    if candidates and sum(c.num_rows for c in candidates):
+        table = pa.concat_tables(candidates).sort_by([("band_hash", "ascending"), ("id", "ascending")])
+        stats["band_rows_in_buckets"] = table.num_rows
+        ids = table["id"].to_numpy(zero_copy_only=False)
+        parts = table["part"].to_numpy()
+        key = table["band_hash"].to_numpy()
+        sig = _signature_matrix(table["signature"], cfg.num_perm) if cfg.verify else None
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        for s, e in zip(starts, np.r_[starts[1:], len(key)]):
+            if np.any(ids[s + 1 : e] == ids[s : e - 1]):
+                raise ValueError(f"document id {ids[s:e][np.r_[False, ids[s + 1:e] == ids[s:e - 1]]][0]!r} occurs in "
+                                 "more than one input document; fix reader.id_key or set it to null")
+            members = np.arange(s, e)
+            while len(members) > 1:
+                rep, rest = members[0], members[1:]
+                stats["candidate_pairs"] += len(rest)
+                ok = jaccard(sig[rest], sig[rep]) >= cfg.threshold if cfg.verify else np.ones(len(rest), bool)
+                pairs.update((ids[rep], ids[m], int(parts[rep]), int(parts[m])) for m in rest[ok])
+                members = rest[~ok]
+    rows = sorted(pairs)
+    stats["pairs"] = len(rows)
+    cols = list(zip(*rows)) if rows else [(), (), (), ()]
+    io.write_parquet(out_url, pa.table({"a": pa.array(cols[0], pa.string()), "b": pa.array(cols[1], pa.string()),
+                                        "part_a": pa.array(cols[2], pa.int32()), "part_b": pa.array(cols[3], pa.int32())}))
+    return stats
 
 
 class UnionFind:
@@ -160,22 +454,76 @@ class UnionFind:
         self.rank[ra] = max(self.rank.get(ra, 0), self.rank.get(rb, 0) + 1)
 
 
-def minhash_clusters(pair_urls: list[str], out_url: str) -> dict:
-    """Union-find over all candidate pairs -> (id, duplicate_of = lowest id of its cluster)."""
-    uf = UnionFind()
+def clusters(pair_urls: list[str], exact_urls: list[str], out_dir: str) -> dict:
+    """Union-find over near pairs and exact groups -> out_dir/part-NNNNN.parquet (id, duplicate_of, reason).
+
+    duplicate_of is the lowest id of the doc's cluster (the kept one). The reason is dedup.exact
+    when the doc's normalised text equals the kept doc's, else dedup.near."""
+    uf, part_of, exact_rep = UnionFind(), {}, {}
+    for url in exact_urls:
+        for d, p, r, rp in zip(*io.read_parquet(url, columns=["id", "part", "duplicate_of", "rep_part"]).to_pydict().values()):
+            uf.union(d, r)
+            part_of[d], part_of[r], exact_rep[d] = p, rp, r
     for url in pair_urls:
-        pairs = io.read_parquet(url)
-        for a, b in zip(pairs["a"].to_pylist(), pairs["b"].to_pylist()):
+        for a, b, pa_, pb in zip(*io.read_parquet(url, columns=["a", "b", "part_a", "part_b"]).to_pydict().values()):
             uf.union(a, b)
-    clusters: dict[str, list[str]] = {}
+            part_of[a], part_of[b] = pa_, pb
+    members: dict[str, list[str]] = defaultdict(list)
     for doc in uf.parent:
-        clusters.setdefault(uf.find(doc), []).append(doc)
-    dup_rows = []
-    for members in clusters.values():
-        lowest = min(members)
-        dup_rows += [(m, lowest) for m in members if m != lowest]
-    dup_rows.sort()
-    ids, reps = zip(*dup_rows) if dup_rows else ((), ())
-    io.write_parquet(out_url, pa.table({"id": pa.array(ids, pa.string()), "duplicate_of": pa.array(reps, pa.string())}))
-    sizes = Counter(len(m) for m in clusters.values())
-    return {"clusters": len(clusters), "duplicates": len(dup_rows), "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())}}
+        members[uf.find(doc)].append(doc)
+    by_part: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+    reasons: Counter = Counter()
+    for group in members.values():
+        lowest = min(group)
+        for doc in group:
+            if doc != lowest:
+                reason = EXACT if exact_rep.get(doc) == lowest else NEAR
+                by_part[part_of[doc]].append((doc, lowest, reason))
+                reasons[reason] += 1
+    for part, rows in by_part.items():
+        ids, reps, why = zip(*sorted(rows))
+        io.write_parquet(io.join(out_dir, part_name(part) + ".parquet"),
+                         pa.table({"id": pa.array(ids, pa.string()), "duplicate_of": pa.array(reps, pa.string()),
+                                   "reason": pa.array(why, pa.string())}))
+    sizes = Counter(len(g) for g in members.values())
+    return {"clusters": len(members), "duplicates": sum(reasons.values()),
+            "exact_duplicates": reasons[EXACT], "near_duplicates": reasons[NEAR],
+            "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())}}
+
+
+def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str, stage: str = "dedup") -> dict:
+    """Write a part's kept docs to <run>/<stage> and its duplicates, with reason and duplicate_of, to rejected/."""
+    started = time.perf_counter()
+    docs = io.read_parquet(part_url)
+    url = io.join(duplicates_dir, part_name(shard_of(part_url)) + ".parquet")
+    found = {}
+    if io.exists(url):
+        dups = io.read_parquet(url).to_pydict()
+        found = {i: (r, why) for i, r, why in zip(dups["id"], dups["duplicate_of"], dups["reason"])}
+    hits = [found.get(i, (None, None)) for i in docs["id"].to_pylist()]
+    return write_part(run_dir, stage, shard_of(part_url), docs, [h[1] for h in hits], [h[0] for h in hits], started=started)
+
+
+def run_local(part_urls: list[str], run_dir: str, cfg: DedupConfig, partitions: int | None = None) -> dict:
+    """All steps in order in this process, as the flow wires them (for tests, benchmarks and small data):
+    <run_dir>/dedup/part-*.parquet and <run_dir>/rejected/dedup/part-*.parquet. Returns clusters' summary."""
+    partitions = partitions or cfg.partitions
+    work = io.join(run_dir, "dedup", "_work")
+    exact_urls: list[str] = []
+    if cfg.exact:
+        for url in part_urls:
+            exact_hashes(url, io.join(work, "exact"), partitions, cfg.batch_size)
+        exact_urls = [io.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
+        for p, out in enumerate(exact_urls):
+            exact_groups(partition_dir(io.join(work, "exact"), p), out)
+    pair_urls: list[str] = []
+    if cfg.minhash:
+        for url in part_urls:
+            signature_rows(url, io.join(work, "bands"), partitions, cfg, exact_urls)
+        pair_urls = [io.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
+        for p, out in enumerate(pair_urls):
+            bucket_pairs(partition_dir(io.join(work, "bands"), p), out, cfg)
+    summary = clusters(pair_urls, exact_urls, io.join(work, "duplicates"))
+    for url in part_urls:
+        drop_duplicates(url, io.join(work, "duplicates"), run_dir)
+    return summary

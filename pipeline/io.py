@@ -54,6 +54,12 @@ def atomic_write(url: str, write) -> None:
         raise
 
 
+def remove_tree(url: str) -> None:
+    fs, path = fs_path(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def write_bytes(url: str, data: bytes) -> None:
     atomic_write(url, lambda f: f.write(data))
 

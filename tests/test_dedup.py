@@ -1,5 +1,7 @@
+import math
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from datasketch import MinHash
@@ -20,77 +22,162 @@ def _write_parts(run, parts: list[list[tuple[str, str]]], stage="quality"):
     return urls
 
 
-def _near_copy(text: str, seed: int) -> str:
-    """A crawl-style near duplicate: a boilerplate header and a couple of word edits."""
+def _near_copy(text: str, seed: int, edits: int = 2) -> str:
+    """A crawl-style near duplicate: a boilerplate header and a few word edits."""
     words = text.split()
     rng = random.Random(seed)
-    for _ in range(2):
+    for _ in range(edits):
         words[rng.randrange(len(words))] = "changed"
     return "Skip to main content | Menu\n" + " ".join(words)
 
 
+def _run(run: str, urls: list[str], cfg: DedupConfig = CFG) -> tuple[dict, list[dict]]:
+    summary = dedup.run_local(urls, run, cfg)
+    rejected = [r for f in io.list_files(f"{run}/rejected/dedup") for r in io.read_parquet(f, columns=["id", "reason", "duplicate_of"]).to_pylist()]
+    return summary, sorted(rejected, key=lambda r: r["id"])
+
+
+# ---- shingles and signatures --------------------------------------------------------------------------
+
+
 def test_normalize():
     assert dedup.normalize("Hello,   WORLD!\nＡＢＣ") == "hello world abc"
+    assert dedup.normalize("ภาษาไทย, ทดสอบ") == "ภาษาไทย ทดสอบ"  # combining vowel marks are kept
 
 
-def test_shingles_of_short_text_is_the_text():
-    assert dedup.shingles("a b", 5) == {b"a b"}
-    assert len(dedup.shingles("one two three four five six", 5)) == 2
+def test_word_shingles_match_the_reference_n_grams(real_docs):
+    texts = [d["text"] for d in real_docs] + ["a b", "one two three four five six", "!!!", "Same same same same same same"]
+    h, d = dedup.shingle_hashes(pa.array(texts), DedupConfig(ngram=5))
+    assert np.all(np.diff(d) >= 0) and set(d) == set(range(len(texts)))
+    for i, text in enumerate(texts):
+        # 32-bit shingle hashes (as datasketch's) may collide: ~n^2/2^33, so 1 in 16,000 for a 700-shingle doc.
+        assert 0 <= len(dedup.shingle_texts(text, 5)) - len(set(h[d == i])) <= 1, text[:60]
 
 
-def test_signature_estimates_jaccard_like_datasketch(real_docs):
-    a, b = real_docs[0]["text"], _near_copy(real_docs[0]["text"], 0)
-    sa, sb = dedup.signature(a, CFG), dedup.signature(b, CFG)
-    ours = float((sa == sb).mean())
-    sh_a, sh_b = dedup.shingles(a, 5), dedup.shingles(b, 5)
-    true = len(sh_a & sh_b) / len(sh_a | sh_b)
-    ma, mb = MinHash(num_perm=128, seed=1), MinHash(num_perm=128, seed=1)
-    ma.update_batch(list(sh_a)), mb.update_batch(list(sh_b))
-    assert ours == pytest.approx(ma.jaccard(mb))
-    assert abs(ours - true) < 0.15
+def test_n_grams_do_not_cross_documents():
+    h_ab, d_ab = dedup.shingle_hashes(pa.array(["one two three", "four five six"]), DedupConfig(ngram=2))
+    h_a, _ = dedup.shingle_hashes(pa.array(["one two three"]), DedupConfig(ngram=2))
+    h_b, _ = dedup.shingle_hashes(pa.array(["four five six"]), DedupConfig(ngram=2))
+    assert list(h_ab) == list(h_a) + list(h_b) and list(d_ab) == [0, 0, 1, 1]
 
 
-def _run_minhash(run, urls, cfg=CFG):
-    for u in urls:
-        dedup.minhash_signatures(u, f"{run}/minhash/_bands", cfg)
-    pair_urls = []
-    for p in range(cfg.partitions):
-        out = f"{run}/minhash/_pairs/partition-{p:05d}.parquet"
-        dedup.minhash_buckets(f"{run}/minhash/_bands/partition-{p:05d}", out)
-        pair_urls.append(out)
-    summary = dedup.minhash_clusters(pair_urls, f"{run}/minhash/_duplicates.parquet")
-    return summary, io.read_parquet(f"{run}/minhash/_duplicates.parquet").to_pylist()
+def test_text_without_spaces_is_shingled_by_characters():
+    zh = "我们今天在北京召开了关于气候变化的国际会议，各国代表讨论了减排目标。"
+    normalized = dedup.normalize_batch(pa.array([zh, "ภาษาไทยเป็นภาษาที่ไม่มีการเว้นวรรค", "Ordinary English text, “quoted”."]))
+    assert list(dedup.no_space_script(normalized)) == [True, True, False]
+    h, d = dedup.shingle_hashes(pa.array([zh]), DedupConfig(char_ngram=5))
+    assert len(set(h)) == len(dedup.normalize(zh).replace(" ", "")) - 4  # one per 5-character window
+    wrapped, _ = dedup.shingle_hashes(pa.array([zh[:20] + "\n\n  " + zh[20:]]), DedupConfig(char_ngram=5))
+    assert list(wrapped) == list(h)  # line breaks and indentation are not characters of the text
 
 
-def test_minhash_finds_handcrafted_near_duplicate_across_parts(tmp_path, real_docs):
+def test_signatures_equal_datasketch_fed_the_same_shingle_hashes(real_docs):
+    texts = pa.array([d["text"] for d in real_docs[:4]] + ["!!!"])
+    h, d = dedup.shingle_hashes(texts, CFG)
+    sig = dedup.minhash(h, d, len(texts), CFG.num_perm, CFG.seed, chunk=100)  # small chunks: docs span chunks
+    for i in range(len(texts)):
+        m = MinHash(num_perm=CFG.num_perm, seed=CFG.seed, hashfunc=int)
+        m.update_batch(h[d == i].tolist())
+        assert np.array_equal(m.hashvalues, sig[i])
+
+
+def test_jaccard_estimates_agree_with_datasketch_on_string_shingles(real_docs):
+    """Our estimate and datasketch's (sha1 of the n-gram strings) both estimate the true Jaccard; with
+    128 permutations each is within a few standard deviations of it."""
+    for n, doc in enumerate(real_docs[:6]):
+        for edits in (2, 20, 60):
+            a, b = doc["text"], _near_copy(doc["text"], n, edits)
+            ours = float(dedup.jaccard(*dedup.signatures(pa.array([a, b]), CFG)))
+            sh_a, sh_b = dedup.shingle_texts(a, 5), dedup.shingle_texts(b, 5)
+            true = len(sh_a & sh_b) / len(sh_a | sh_b)
+            ma, mb = MinHash(num_perm=128, seed=1), MinHash(num_perm=128, seed=1)
+            ma.update_batch([s.encode() for s in sh_a]), mb.update_batch([s.encode() for s in sh_b])
+            sd = math.sqrt(max(true * (1 - true), 0.01) / 128)
+            assert abs(ours - true) < 4 * sd and abs(ours - ma.jaccard(mb)) < 5 * sd, (n, edits, ours, true, ma.jaccard(mb))
+
+
+def test_bands_split_the_signature_into_rows():
+    bands, rows = dedup.lsh_params(DedupConfig(threshold=0.8, num_perm=128))
+    assert (bands, rows) == (9, 13)
+    sig = np.random.default_rng(0).integers(0, 2**32, (3, 128), dtype=np.uint64).astype(np.uint32)
+    sig[1, : 2 * rows] = sig[0, : 2 * rows]  # doc 1 shares its first two bands with doc 0
+    sig[2, rows : 2 * rows] = sig[0, rows : 2 * rows]  # doc 2 shares the second band only
+    sig[2, 0] = sig[0, 0]  # ...and one value of the first, which is not a whole band
+    keys = dedup.band_hashes(sig, bands, rows)
+    assert keys.shape == (3, bands)
+    assert list(keys[1] == keys[0]) == [True, True] + [False] * 7
+    assert list(keys[2] == keys[0]) == [False, True] + [False] * 7
+    assert len(set(keys[0])) == bands  # the band index is part of the key
+
+
+def test_lsh_params_follow_threshold():
+    b, r = dedup.lsh_params(DedupConfig(threshold=0.8, num_perm=128))
+    assert b * r <= 128 and (1 / b) ** (1 / r) > 0.6
+    assert dedup.num_partitions(DedupConfig(partitions=2, max_partition_rows=1000), docs=1000) == 9
+
+
+# ---- the steps --------------------------------------------------------------------------------------
+
+
+def test_near_duplicate_across_parts_keeps_the_lowest_id(tmp_path, real_docs):
     original = real_docs[1]["text"]
     urls = _write_parts(str(tmp_path), [
         [("doc-b", _near_copy(original, 1)), ("doc-x", real_docs[2]["text"])],
         [("doc-a", original), ("doc-y", real_docs[3]["text"])],
     ])
-    summary, dups = _run_minhash(str(tmp_path), urls)
-    assert dups == [{"id": "doc-b", "duplicate_of": "doc-a"}]  # the lowest id is kept
-    assert summary["cluster_sizes"] == {"2": 1}
-    stats = dedup.drop_duplicates(urls[0], f"{tmp_path}/minhash/_duplicates.parquet", str(tmp_path), "minhash", "minhash.duplicate")
-    assert stats["rejected"] == {"minhash.duplicate": 1} and stats["docs_kept"] == 1
-    rejected = io.read_parquet(f"{tmp_path}/rejected/minhash/part-00000.parquet").to_pylist()
-    assert rejected[0]["id"] == "doc-b" and rejected[0]["duplicate_of"] == "doc-a"
+    summary, rejected = _run(str(tmp_path), urls)
+    assert rejected == [{"id": "doc-b", "reason": "dedup.near", "duplicate_of": "doc-a"}]
+    assert summary["cluster_sizes"] == {"2": 1} and summary["near_duplicates"] == 1
+    kept = io.read_parquet(f"{tmp_path}/dedup/part-00000.parquet")["id"].to_pylist()
+    assert kept == ["doc-x"]
 
 
-def test_exact_dedup_keeps_lowest_id_and_ignores_case_and_punctuation(tmp_path, real_docs):
+def test_chinese_near_duplicate_is_found(tmp_path):
+    base = ("联合国大会今天通过了一项关于可持续发展的决议，呼吁各国加强合作，共同应对气候变化带来的挑战。"
+            "决议强调，发达国家应当向发展中国家提供资金和技术支持，帮助其实现减排目标。"
+            "与会代表一致认为，国际社会必须采取紧急行动，保护地球生态环境，造福子孙后代。")
+    edited = base.replace("今天", "昨天") + "来源：新华网"  # one word changed, a source line added
+    other = ("北京时间周日晚，中国女排在世界联赛决赛中以三比一战胜对手，夺得冠军。主教练在赛后表示，"
+             "队员们在比赛中表现出色，团队配合默契，这是大家共同努力的结果。球迷们在现场为球队欢呼庆祝。")
+    urls = _write_parts(str(tmp_path), [[("zh-1", base), ("zh-3", other)], [("zh-2", edited)]])
+    _, rejected = _run(str(tmp_path), urls)
+    assert rejected == [{"id": "zh-2", "reason": "dedup.near", "duplicate_of": "zh-1"}]
+
+
+def test_exact_copies_are_exact_and_point_to_the_kept_doc(tmp_path, real_docs):
     text = real_docs[4]["text"]
-    urls = _write_parts(str(tmp_path), [[("z", text.upper() + "!!"), ("m", real_docs[5]["text"])], [("c", text), ("q", text)]])
-    hashes = [dedup.exact_hashes(u, f"{tmp_path}/exact/_hashes") for u in urls]
-    assert dedup.exact_duplicates(hashes, f"{tmp_path}/exact/_dups.parquet") == {"duplicates": 2}
-    assert io.read_parquet(f"{tmp_path}/exact/_dups.parquet").to_pylist() == [
-        {"id": "q", "duplicate_of": "c"}, {"id": "z", "duplicate_of": "c"}]
+    urls = _write_parts(str(tmp_path), [
+        [("z", text.upper() + "!!"), ("m", real_docs[5]["text"])],
+        [("c", text), ("q", text), ("b", _near_copy(text, 3))],
+    ])
+    summary, rejected = _run(str(tmp_path), urls)
+    # c, q and z are the same text; b is a near copy with a lower id, so it is kept for all of them.
+    assert rejected == [{"id": "c", "reason": "dedup.near", "duplicate_of": "b"},
+                        {"id": "q", "reason": "dedup.near", "duplicate_of": "b"},
+                        {"id": "z", "reason": "dedup.near", "duplicate_of": "b"}]
+    assert summary["cluster_sizes"] == {"4": 1}
+    summary, rejected = _run(str(tmp_path / "no-near"), _write_parts(str(tmp_path / "no-near"), [[("z", text), ("c", text)]]))
+    assert rejected == [{"id": "z", "reason": "dedup.exact", "duplicate_of": "c"}]
+
+
+def test_verification_drops_candidates_below_the_threshold(tmp_path, real_docs):
+    """Template pages: the same long boilerplate with a different short body share LSH buckets at a
+    low threshold; verification at a high one separates them."""
+    frame = real_docs[5]["text"]
+    docs = [(f"t{i}", frame + " " + real_docs[i]["text"][:300]) for i in range(3)]
+    loose = DedupConfig(threshold=0.3, partitions=2, verify=False)
+    _, unverified = _run(str(tmp_path / "a"), _write_parts(str(tmp_path / "a"), [docs]), loose)
+    strict = DedupConfig(threshold=0.3, partitions=2)
+    sig = dedup.signatures(pa.array([t for _, t in docs]), strict)
+    assert len(unverified) == 2  # all three in one cluster without verification
+    _, verified = _run(str(tmp_path / "b"), _write_parts(str(tmp_path / "b"), [docs]), strict.model_copy(update={"threshold": 0.95}))
+    assert dedup.jaccard(sig[0], sig[1]) < 0.95 and verified == []
 
 
 def test_duplicate_ids_are_a_clear_error(tmp_path):
-    urls = _write_parts(str(tmp_path), [[("same", "text one")], [("same", "text two")]])
-    hashes = [dedup.exact_hashes(u, f"{tmp_path}/exact/_hashes") for u in urls]
+    urls = _write_parts(str(tmp_path), [[("same", "text one is here")], [("same", "text one is here")]])
     with pytest.raises(ValueError, match="not unique.*same"):
-        dedup.exact_duplicates(hashes, f"{tmp_path}/exact/_dups.parquet")
+        _run(str(tmp_path), urls)
 
 
 def test_union_find_result_does_not_depend_on_pair_order(tmp_path):
@@ -100,13 +187,9 @@ def test_union_find_result_does_not_depend_on_pair_order(tmp_path):
         shuffled = [tuple(random.Random(seed + i).sample(p, 2)) for i, p in enumerate(pairs)]
         random.Random(seed).shuffle(shuffled)
         url = f"{tmp_path}/pairs-{seed}.parquet"
-        io.write_parquet(url, pa.table({"a": [p[0] for p in shuffled], "b": [p[1] for p in shuffled]}))
-        dedup.minhash_clusters([url], f"{tmp_path}/dups-{seed}.parquet")
-        results.append(io.read_parquet(f"{tmp_path}/dups-{seed}.parquet").to_pylist())
+        io.write_parquet(url, pa.table({"a": [p[0] for p in shuffled], "b": [p[1] for p in shuffled],
+                                        "part_a": pa.array([0] * 5, pa.int32()), "part_b": pa.array([0] * 5, pa.int32())}))
+        dedup.clusters([url], [], f"{tmp_path}/dups-{seed}")
+        results.append(io.read_parquet(f"{tmp_path}/dups-{seed}/part-00000.parquet").to_pylist())
     assert all(r == results[0] for r in results)
     assert {r["id"]: r["duplicate_of"] for r in results[0]} == {"b": "a", "c": "a", "d": "a", "e": "a", "y": "x"}
-
-
-def test_lsh_params_follow_threshold():
-    b, r = dedup.lsh_params(DedupConfig(threshold=0.8, num_perm=128))
-    assert b * r <= 128 and (1 / b) ** (1 / r) > 0.6

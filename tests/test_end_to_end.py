@@ -33,7 +33,7 @@ train:
 evaluate: {max_val_rows: 64, max_new_tokens: 8}
 ray: {num_cpus: 2, dashboard: false}
 """
-STAGES = ("read", "quality", "exact", "minhash")
+STAGES = ("read", "quality", "dedup")
 
 
 def _tokenmill(*args, cwd):
@@ -97,8 +97,8 @@ def test_token_shards_match_the_manifest(run):
     run_dir, _, _, _ = run
     manifest = json.loads((run_dir / "tokens" / "manifest.json").read_text())
     assert manifest["seq_len"] == 64 and manifest["vocab_size"] == 1024 and manifest["dtype"] == "uint16"
-    minhash = json.loads((run_dir / "minhash" / "_stats.json").read_text())
-    assert manifest["source_docs"] == minhash["docs_kept"] == sum(s["docs"] for s in manifest["shards"])
+    dedup = json.loads((run_dir / "dedup" / "_stats.json").read_text())
+    assert manifest["source_docs"] == dedup["docs_kept"] == sum(s["docs"] for s in manifest["shards"])
     for shard in manifest["shards"]:
         table = ipc.open_file(pa.memory_map(str(run_dir / "tokens" / shard["file"]))).read_all()
         assert table.num_rows == shard["rows"] and table.num_rows * 65 == shard["tokens"]

@@ -1,0 +1,253 @@
+"""Speed and memory of tokenmill's dedup, as ratios against baselines measured in the same run.
+
+    python bench/dedup_speed.py [--skip-e2e] [--skip-rss] [--replicas 4]
+
+1. Signatures/s on the bundled corpus (real Common Crawl pages), best of 3 runs each:
+   tokenmill from raw text (normalise + shingle + hash, whole batch) vs datasketch
+   `MinHash(128).update_batch` per document given the SAME shingles precomputed (its shingling is not
+   timed), and vs rensa (Rust; `pip install -e '.[bench]'`) on the same shingles, per document and bulk.
+   Also the hashing stage alone: tokenmill's `minhash` from shingle hashes vs the same baselines.
+2. End-to-end `tokenmill dedup` (Prefect + Ray) on the corpus replicated with perturbations:
+   wall time of the dedup stage with ray.num_cpus=1 vs 2 (parallel efficiency).
+3. Peak RSS of the whole dedup (all steps, one process) on the corpus and on the corpus x10
+   (replicas with perturbations), partitions sized by config (max_partition_rows).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from datasketch import MinHash  # noqa: E402
+
+from pipeline import dedup, io  # noqa: E402
+from pipeline.config import BUNDLED_CORPUS, DedupConfig  # noqa: E402
+from pipeline.documents import docs_table  # noqa: E402
+
+CFG = DedupConfig()
+
+
+def corpus() -> list[str]:
+    texts = []
+    for path in sorted(Path(BUNDLED_CORPUS).glob("*.jsonl*")):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            texts += [json.loads(line).get("text") or "" for line in f if line.strip()]
+    return [t for t in texts if t.strip()]
+
+
+def perturb(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    for _ in range(max(1, len(words) // 50)):
+        words[rng.randrange(len(words))] = rng.choice(["the", "a", "news", "2019", "home"])
+    return " ".join(words)
+
+
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def python_shingles(text: str, n: int = 5) -> list[bytes]:
+    """What a plain-Python datasketch pipeline does per document: NFKC, lowercase, punctuation out,
+    split, join word n-grams, encode (word n-grams only: no CJK handling)."""
+    words = _PUNCT.sub(" ", unicodedata.normalize("NFKC", text).lower()).split()
+    return list({" ".join(words[i : i + n]).encode() for i in range(max(len(words) - n + 1, 1))})
+
+
+def best(fn, repeat=3) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def shingle_strings(texts: list[str]) -> list[list[str]]:
+    """The shingles tokenmill hashes, as strings (word 5-grams; character 5-grams for CJK/Thai docs)."""
+    cjk = dedup.no_space_script(dedup.normalize_batch(pa.array(texts)))
+    out = []
+    for text, c in zip(texts, cjk):
+        if c:
+            chars = dedup.normalize(text).replace(" ", "")
+            out.append(sorted({chars[i : i + CFG.char_ngram] for i in range(max(len(chars) - CFG.char_ngram + 1, 1))}))
+        else:
+            out.append(sorted(dedup.shingle_texts(text, CFG.ngram)))
+    return out
+
+
+def signatures_bench() -> None:
+    texts = corpus()
+    arr = pa.array(texts)
+    sh = shingle_strings(texts)
+    sh_bytes = [[s.encode() for s in doc] for doc in sh]
+    h, d = dedup.shingle_hashes(arr, CFG)
+    n_sh = len(h)
+    print(f"corpus: {len(texts)} docs, {sum(map(len, texts)) / 1e6:.1f} M chars, {n_sh:,} shingles, num_perm {CFG.num_perm}")
+
+    def datasketch_per_doc():
+        for doc in sh_bytes:
+            m = MinHash(num_perm=CFG.num_perm, seed=CFG.seed)
+            m.update_batch(doc)
+
+    def datasketch_from_hashes():
+        for i in range(len(texts)):
+            m = MinHash(num_perm=CFG.num_perm, seed=CFG.seed, hashfunc=int)
+            m.update_batch(h[d == i].tolist())
+
+    def datasketch_from_text():
+        for text in texts:
+            m = MinHash(num_perm=CFG.num_perm, seed=CFG.seed)
+            m.update_batch(python_shingles(text, CFG.ngram))
+
+    rows = [("tokenmill, raw text -> signatures (normalise, shingle, hash)", best(lambda: dedup.signatures(arr, CFG)))]
+    rows.append(("datasketch, raw text -> signatures (Python normalise + n-grams, update_batch per doc)", best(datasketch_from_text)))
+    rows.append(("tokenmill, shingle hashes -> signatures", best(lambda: dedup.minhash(h, d, len(texts), CFG.num_perm, CFG.seed))))
+    baseline = best(datasketch_per_doc)
+    rows.append(("datasketch update_batch per doc, same shingles precomputed (baseline)", baseline))
+    rows.append(("datasketch update_batch per doc, same 32-bit shingle hashes (hashfunc=int)", best(datasketch_from_hashes)))
+    try:
+        from rensa import RMinHash
+
+        def rensa_per_doc():
+            for doc in sh:
+                m = RMinHash(num_perm=CFG.num_perm, seed=CFG.seed)
+                m.update(doc)
+                m.digest()
+
+        rows.append(("rensa RMinHash per doc, same shingles precomputed", best(rensa_per_doc)))
+        rows.append(("rensa digest_matrix_from_token_sets (bulk), same shingles", best(
+            lambda: RMinHash.digest_matrix_from_token_sets(sh, CFG.num_perm, CFG.seed))))
+        offsets = np.r_[0, np.cumsum(np.bincount(d, minlength=len(texts)))].astype(np.uint64)
+        hashes = h.astype(np.uint64)
+        rows.append(("rensa digest_matrix_from_flat_token_hashes (bulk), same shingle hashes", best(
+            lambda: RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, CFG.num_perm, CFG.seed))))
+    except ImportError:
+        print("rensa not installed (pip install -e '.[bench]'): skipped")
+    ours = rows[0][1]
+    print("\n| implementation | seconds | docs/s | time vs tokenmill from raw text |\n|---|---|---|---|")
+    for name, s in rows:
+        print(f"| {name} | {s:.3f} | {len(texts) / s:,.0f} | {s / ours:.2f}x |")
+    times = dict(rows)
+    print(f"\nraw text -> signatures, tokenmill vs datasketch pipeline: {rows[1][1] / ours:.1f}x")
+    print(f"tokenmill from raw text vs datasketch given the shingles (its shingling untimed): {baseline / ours:.1f}x")
+    print(f"from the same 32-bit shingle hashes, tokenmill vs datasketch: "
+          f"{times['datasketch update_batch per doc, same 32-bit shingle hashes (hashfunc=int)'] / times['tokenmill, shingle hashes -> signatures']:.1f}x")
+
+
+# ---- end to end on Ray --------------------------------------------------------------------------------
+
+
+def write_replicas(directory: Path, texts: list[str], replicas: int, parts_per_replica: int = 4) -> int:
+    rng = random.Random(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for r in range(replicas):
+        docs = texts if r == 0 else [perturb(t, rng) for t in texts]
+        for p in range(parts_per_replica):
+            with open(directory / f"r{r:02d}-{p}.jsonl", "w") as f:
+                for i in range(p, len(docs), parts_per_replica):
+                    f.write(json.dumps({"id": f"r{r:02d}-{i:05d}", "text": docs[i]}) + "\n")
+                    n += 1
+    return n
+
+
+def e2e_bench(replicas: int) -> None:
+    from flows.server import start_server, stop_server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n = write_replicas(tmp / "in", corpus(), replicas)
+        api = start_server(home=str(tmp / "prefect-home"))
+        walls = {}
+        try:
+            for cpus in (1, 2):
+                out = tmp / f"out-{cpus}"
+                cmd = [sys.executable, "-m", "flows.cli", "dedup", str(tmp / "in"), "--out", str(out),
+                       "--set", f"ray.num_cpus={cpus}", "--set", "ray.dashboard=false", "--set", f"ray.max_in_flight={2 * cpus}"]
+                proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PREFECT_API_URL": api.url}, capture_output=True, text=True)
+                if proc.returncode:
+                    raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+                walls[cpus] = (out / "dedup" / "_SUCCESS").stat().st_mtime - (out / "read" / "_SUCCESS").stat().st_mtime
+                stats = json.loads((out / "dedup" / "_stats.json").read_text())
+                print(f"ray.num_cpus={cpus}: dedup stage {walls[cpus]:.1f} s for {n:,} docs = {n / walls[cpus]:,.0f} docs/s "
+                      f"({stats['docs_rejected']:,} removed, {stats['partitions']} partitions)")
+        finally:
+            stop_server(api)
+        print(f"speed-up 2 cores vs 1: {walls[1] / walls[2]:.2f}x (parallel efficiency {walls[1] / walls[2] / 2:.0%})")
+
+
+# ---- peak memory ----------------------------------------------------------------------------------------
+
+
+def rss_child(directory: str, max_partition_rows: int) -> None:
+    """Run every dedup step over the parquet parts in `directory`; print the peak RSS in MiB."""
+    urls = io.list_files(f"{directory}/in")
+    docs = sum(io.read_parquet(u, columns=["id"]).num_rows for u in urls)
+    cfg = DedupConfig(max_partition_rows=max_partition_rows)
+    partitions = dedup.num_partitions(cfg, docs)
+    t = time.perf_counter()
+    summary = dedup.run_local(urls, directory, cfg, partitions)
+    seconds = time.perf_counter() - t
+    print(json.dumps({"docs": docs, "partitions": partitions, "seconds": seconds, "duplicates": summary["duplicates"],
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def rss_bench(max_partition_rows: int = 20_000) -> None:
+    texts = corpus()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for factor in (1, 10):
+            rng = random.Random(factor)
+            work = f"{tmp}/x{factor}"
+            for r in range(factor):
+                docs = texts if r == 0 else [perturb(t, rng) for t in texts]
+                for p in range(4):
+                    rows = [{"id": f"r{r:02d}-{i:05d}", "text": docs[i], "source": "bench", "url": None, "meta": None}
+                            for i in range(p, len(docs), 4)]
+                    io.write_parquet(f"{work}/in/part-{r * 4 + p:05d}.parquet", docs_table(rows))
+            proc = subprocess.run([sys.executable, __file__, "--rss-child", work, str(max_partition_rows)],
+                                  capture_output=True, text=True, check=True)
+            results[factor] = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = results[factor]
+            print(f"corpus x{factor}: {r['docs']:,} docs, {r['partitions']} partitions, {r['duplicates']:,} duplicates removed, "
+                  f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+    print(f"peak RSS ratio x10 / x1: {results[10]['peak_rss_mib'] / results[1]['peak_rss_mib']:.2f} "
+          f"(max_partition_rows={max_partition_rows:,})")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--rss-child":
+        return rss_child(sys.argv[2], int(sys.argv[3]))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--replicas", type=int, default=4, help="corpus copies (perturbed) for the end-to-end run")
+    args = ap.parse_args()
+    print("## signatures/s\n")
+    signatures_bench()
+    if not args.skip_e2e:
+        print("\n## end to end, 1 vs 2 cores\n")
+        e2e_bench(args.replicas)
+    if not args.skip_rss:
+        print("\n## peak memory, corpus vs corpus x10\n")
+        rss_bench()
+
+
+if __name__ == "__main__":
+    main()

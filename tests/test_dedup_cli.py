@@ -1,0 +1,101 @@
+"""`tokenmill dedup` as a user runs it, on a real Prefect server and real local Ray: its output
+contract, and the distributed path with 4 partitions giving exactly the result of 1 partition."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.server import start_server, stop_server
+
+from conftest import CORPUS, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+ZH = ("联合国大会今天通过了一项关于可持续发展的决议，呼吁各国加强合作，共同应对气候变化带来的挑战。"
+      "决议强调，发达国家应当向发展中国家提供资金和技术支持，帮助其实现减排目标。"
+      "与会代表一致认为，国际社会必须采取紧急行动，保护地球生态环境，造福子孙后代。")
+
+
+def _edit(text: str, seed: int) -> str:
+    words = text.split()
+    rng = random.Random(seed)
+    for _ in range(3):
+        words[rng.randrange(len(words))] = "lorem"
+    return "Home | News | Contact\n" + " ".join(words) + "\nCopyright 2019. All rights reserved."
+
+
+def _inputs(tmp_path):
+    c4 = [json.loads(line)["text"] for line in open(CORPUS / "datajuicer_redpajama_c4_10docs.jsonl")]
+    cc = [json.loads(line)["text"] for line in open(CORPUS / "datajuicer_redpajama_cc_2023_06_10docs.jsonl")]
+    # Records carry their own id under "doc_id"; the line order is not the id order.
+    first = [{"doc_id": f"c4-{i:02d}", "text": t} for i, t in enumerate(c4)] + [{"doc_id": "zh-1", "text": ZH}]
+    second = [{"doc_id": f"cc-{i:02d}", "text": t} for i, t in enumerate(cc)] + [
+        {"doc_id": "a-near-c4-01", "text": _edit(c4[1], 1)},  # lower id than its original: it is kept
+        {"doc_id": "z-copy-cc-03", "text": cc[3].upper()},  # the same text after normalisation
+        {"doc_id": "zh-2", "text": ZH.replace("今天", "昨天") + "来源：新华网"},
+    ]
+    third = [{"doc_id": "cc-05-near", "text": _edit(cc[5], 5)}, {"doc_id": "cc-05-copy", "text": cc[5]}]
+    return [str(write_jsonl(tmp_path / name, recs)) for name, recs in (("a.jsonl", first), ("b.jsonl", second), ("c.jsonl", third))]
+
+
+EXPECTED = [
+    {"id": "c4-01", "reason": "dedup.near", "duplicate_of": "a-near-c4-01"},
+    {"id": "cc-05-copy", "reason": "dedup.exact", "duplicate_of": "cc-05"},
+    {"id": "cc-05-near", "reason": "dedup.near", "duplicate_of": "cc-05"},
+    {"id": "z-copy-cc-03", "reason": "dedup.exact", "duplicate_of": "cc-03"},
+    {"id": "zh-2", "reason": "dedup.near", "duplicate_of": "zh-1"},
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dedup-cli")
+    inputs = _inputs(tmp)
+    api = start_server(home=str(tmp / "prefect-home"))
+    try:
+        env = {**os.environ, "PREFECT_API_URL": api.url}
+        outs = {}
+        for partitions in (4, 1):
+            out = tmp / f"out-p{partitions}"
+            args = [*inputs, "--out", str(out), "--threshold", "0.8", "--num-perm", "128", "--ngram", "5", "--exact",
+                    "--id-key", "doc_id", "--set", f"curate.dedup.partitions={partitions}",
+                    "--set", "ray.num_cpus=2", "--set", "ray.dashboard=false"]
+            proc = subprocess.run([sys.executable, "-m", "flows.cli", "dedup", *args], env=env, cwd=tmp,
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+            outs[partitions] = (out, proc.stdout)
+    finally:
+        stop_server(api)
+    return outs
+
+
+def _rows(directory, columns):
+    return sorted((r for p in sorted(directory.glob("part-*.parquet")) for r in pq.read_table(p, columns=columns).to_pylist()),
+                  key=lambda r: r["id"])
+
+
+def test_dedup_cli_writes_kept_and_rejected_docs_with_their_own_ids(runs):
+    out, stdout = runs[4]
+    kept = [r["id"] for r in _rows(out / "dedup", ["id"])]
+    rejected = _rows(out / "rejected" / "dedup", ["id", "reason", "duplicate_of"])
+    assert rejected == EXPECTED
+    assert len(kept) == 11 + 13 + 2 - len(EXPECTED) and "a-near-c4-01" in kept and "zh-1" in kept
+    assert {r["duplicate_of"] for r in rejected} <= set(kept)  # every duplicate points at a kept doc
+    stats = json.loads((out / "dedup" / "_stats.json").read_text())
+    assert stats["docs_in"] == 26 and stats["rejected"] == {"dedup.exact": 2, "dedup.near": 3}
+    assert stats["partitions"] == 4 and (stats["bands"], stats["rows"]) == (9, 13)
+    assert stats["cluster_sizes"] == {"2": 3, "3": 1}
+    assert (out / "dedup" / "_SUCCESS").exists() and not (out / "dedup" / "_work" / "bands").exists()
+    assert "duplicates removed (exact + near)" in stdout
+
+
+def test_four_partitions_on_ray_give_the_same_result_as_one(runs):
+    for what in (("dedup", ["id"]), ("rejected/dedup", ["id", "reason", "duplicate_of"])):
+        assert _rows(runs[4][0] / what[0], what[1]) == _rows(runs[1][0] / what[0], what[1])
+    assert json.loads((runs[1][0] / "dedup" / "_stats.json").read_text())["partitions"] == 1
