@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import random
@@ -37,19 +36,15 @@ sys.path.insert(0, str(REPO))
 from datasketch import MinHash  # noqa: E402
 
 from pipeline import dedup, io  # noqa: E402
-from pipeline.config import BUNDLED_CORPUS, DedupConfig  # noqa: E402
+from dedup_quality import load_corpus  # noqa: E402  (sibling script: bench/ is on sys.path)
+from pipeline.config import DedupConfig  # noqa: E402
 from pipeline.documents import docs_table  # noqa: E402
 
 CFG = DedupConfig()
 
 
 def corpus() -> list[str]:
-    texts = []
-    for path in sorted(Path(BUNDLED_CORPUS).glob("*.jsonl*")):
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            texts += [json.loads(line).get("text") or "" for line in f if line.strip()]
-    return [t for t in texts if t.strip()]
+    return [t for t in load_corpus() if t.strip()]
 
 
 def perturb(text: str, rng: random.Random) -> str:
