@@ -51,6 +51,7 @@ def test_every_zero_stage_reduces_the_loss_with_two_processes(stage, trained_run
     assert summary["zero_stage"] == stage and summary["world_size"] == 2
     assert json.loads((train / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
     assert json.loads((train / "job.json").read_text())["train"]["activation_checkpointing"] == (stage == 1)
+    assert list((train / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_a_diverging_run_stops_with_the_step_and_a_hint(train_tokens, tiny_train_config, tmp_path):

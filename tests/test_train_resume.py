@@ -17,6 +17,15 @@ def metrics(train_dir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def tensorboard_losses(train_dir) -> dict[int, float]:
+    """train/loss per step as TensorBoard reads it (purged steps of a killed run are dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(train_dir / "tensorboard"))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("train/loss")}
+
+
 def kill_mid_way(cfg: TrainConfig, tokens, train_dir, after_step: int) -> None:
     """Start the job as its own process group, SIGKILL the whole group once `after_step` is logged."""
     env = {**environment(cfg), "TOKENMILL_STEP_DELAY_S": "0.3"}
@@ -52,6 +61,9 @@ def test_sigkilled_run_resumes_with_the_uninterrupted_loss_curve(stage, train_to
     for ref, got in zip(reference, resumed):
         assert abs(ref["loss"] - got["loss"]) <= 1e-6, (ref, got)
         assert abs(ref["lr"] - got["lr"]) <= 1e-12 and abs(ref["grad_norm"] - got["grad_norm"]) <= 1e-5
+    # TensorBoard shows the same curve: one point per step, the killed run's extra steps purged.
+    board = tensorboard_losses(train_dir)
+    assert sorted(board) == steps and all(abs(board[m["step"]] - m["loss"]) < 1e-5 for m in resumed)
     ckpts = train_dir / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("step*")) == ["step0000008", "step0000012"]  # keep_checkpoints=2
     assert (ckpts / "latest").read_text() == "step0000012"

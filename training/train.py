@@ -3,7 +3,8 @@
 Launched by the train flow through torchrun (one node) or the DeepSpeed launcher (hostfile), so the
 same code runs on one CPU process, several GPUs or several nodes. JOB.json holds the TrainConfig
 plus the token shard and output directories; everything it writes lives in the output directory:
-checkpoints/ (DeepSpeed, resumed automatically), metrics.jsonl, ds_config.json, model.safetensors.
+checkpoints/ (DeepSpeed, resumed automatically), metrics.jsonl, tensorboard/, ds_config.json,
+model.safetensors.
 """
 from __future__ import annotations
 
@@ -86,6 +87,17 @@ def consolidated_state(engine, zero_stage: int, rank: int) -> dict | None:
     return engine.module.state_dict() if rank == 0 else None
 
 
+TENSORBOARD_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
+
+
+def tensorboard_writer(log_dir: Path, resumed_step: int):
+    """Events for `tensorboard --logdir <run>/train/tensorboard`. On a resume, purge_step makes
+    TensorBoard drop what the killed run logged after the checkpoint, as metrics.jsonl is truncated."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir), purge_step=resumed_step + 1 if resumed_step else None)
+
+
 def train_step(engine, batches: RankBatches, grad_accum: int, device) -> torch.Tensor:
     """One optimizer step over grad_accum micro-batches; returns this rank's mean loss."""
     loss_sum = torch.zeros((), device=device)
@@ -136,6 +148,7 @@ def main(job_path: str) -> None:
     step_delay = float(os.environ.get("TOKENMILL_STEP_DELAY_S", "0"))
     peak_flops = peak_bf16_flops() if device.type == "cuda" else None
     metrics = open(out_dir / "metrics.jsonl", "a") if rank == 0 else None
+    board = tensorboard_writer(out_dir / "tensorboard", step) if rank == 0 else None
     started, first_step, last = time.perf_counter(), step, None
     while step < cfg.max_steps:
         t0 = time.perf_counter()
@@ -170,6 +183,9 @@ def main(job_path: str) -> None:
         if metrics:
             metrics.write(json.dumps(last) + "\n")
             metrics.flush()
+            for key in TENSORBOARD_SCALARS:
+                if key in last:
+                    board.add_scalar(f"train/{key}", last[key], step)
             if step % cfg.log_every == 0 or step == cfg.max_steps or step == first_step + 1:
                 elapsed = time.perf_counter() - started
                 eta = elapsed / (step - first_step) * (cfg.max_steps - step)
@@ -182,6 +198,7 @@ def main(job_path: str) -> None:
 
     state = consolidated_state(engine, cfg.zero_stage, rank)
     if rank == 0:
+        board.close()
         save_weights(state, model_cfg, out_dir)
         summary = {"steps": step, "final_loss": last["loss"] if last else None, "tokens": step * tokens_per_step,
                    "seconds": round(time.perf_counter() - started, 2), "world_size": world, "zero_stage": cfg.zero_stage,
