@@ -6,6 +6,7 @@ unless PREFECT_API_URL is set), so this process and every Ray worker talk to the
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,10 +55,18 @@ def keep_local_ray_on_loopback(cfg: RunConfig) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+def _exit_on_sigterm(signum, frame):
+    # Prefect marks the flow run crashed on SIGTERM, then hands the signal back to the handler it
+    # found: exiting through an exception (not the default instant death) lets the `with` blocks
+    # stop the training job and the local Prefect server instead of orphaning them.
+    raise SystemExit(128 + signum)
+
+
 def _execute(cfg: RunConfig, flow_name: str) -> dict:
     from .server import prefect_api
 
     keep_local_ray_on_loopback(cfg)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     with prefect_api(cfg.prefect.host, cfg.prefect.keep_server, cfg.prefect.startup_timeout_s) as api:
         console.print(f"Prefect API: {api.url}" + ("" if api.pid is None else f" (local server, pid {api.pid})"))

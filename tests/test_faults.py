@@ -1,5 +1,5 @@
 """Faults that must not lose data: a flaky storage read is retried; a full disk fails with the path
-named and no partial file left visible."""
+named and no partial file left visible; a SIGTERM stops everything the run started."""
 from __future__ import annotations
 
 import os
@@ -122,3 +122,47 @@ def test_ray_worker_killed_mid_task_is_retried_with_identical_output(tmp_path):
     finally:
         stop_server(api)
     assert curated_files(tmp_path / "runs" / "faulty") == curated_files(tmp_path / "runs" / "clean")
+
+
+def test_sigterm_stops_the_run_its_training_job_and_its_prefect_server(train_tokens, tmp_path):
+    """CI cancelling a job sends SIGTERM: the run must end, and take its DeepSpeed ranks and its
+    local Prefect server with it, rather than leave them running."""
+    import re
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    run = tmp_path / "runs" / "t"
+    run.mkdir(parents=True)
+    (run / "tokens").symlink_to(train_tokens)
+    (tmp_path / "slow.yaml").write_text("train: {model: {n_layer: 2, n_head: 4, d_model: 64}, nproc: 1, micro_batch: 4, "
+                                        "max_steps: 10000, threads_per_proc: 1, log_every: 1}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", "--run-id", "t", "--output-dir", str(tmp_path / "runs"),
+                             "--config", str(tmp_path / "slow.yaml")], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "TOKENMILL_STEP_DELAY_S": "0.5"}, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("step 2/" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            family.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
+            time.sleep(0.2)
+        family.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
+        server = int(re.search(r"local server, pid (\d+)", "".join(lines)).group(1))
+        assert server in family and len(family) >= 3  # the server, torchrun and its rank
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+        time.sleep(1)
+        left = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"still running after SIGTERM: {[' '.join(psutil.Process(p).cmdline()) for p in left]}"
+    finally:
+        for pid in family | {proc.pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

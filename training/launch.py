@@ -59,12 +59,16 @@ def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[
         argv, env=environment(cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, text=True, bufsize=1,
     ) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            tail.append(line.rstrip())
-            # Progress and results go on; library chatter stays in train.log.
-            if line.startswith(("step ", "model:", "resumed", "done:")):
-                on_line(line.rstrip())
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line.rstrip())
+                # Progress and results go on; library chatter stays in train.log.
+                if line.startswith(("step ", "model:", "resumed", "done:")):
+                    on_line(line.rstrip())
+        except BaseException:  # stopped (SIGTERM, Ctrl-C, task cancelled): stop every rank too
+            proc.terminate()  # torchrun / the DeepSpeed launcher pass it on to the ranks
+            raise
     if proc.returncode != 0:
         errors = [line for line in tail if "Error" in line or "error:" in line]
         cause = errors[-1] if errors else tail[-1] if tail else "no output"
