@@ -63,6 +63,8 @@ def _exit_on_sigterm(signum, frame):
 
 
 def _execute(cfg: RunConfig, flow_name: str) -> dict:
+    from pipeline.stages import ConfigChanged
+
     from .server import prefect_api
 
     keep_local_ray_on_loopback(cfg)
@@ -83,7 +85,8 @@ def _execute(cfg: RunConfig, flow_name: str) -> dict:
             result = flows[flow_name](cfg)
         except Exception as e:  # the flow log above has the traceback; end with the cause, not a wall
             console.print(f"[red]{flow_name} {cfg.run_id} failed:[/red] {type(e).__name__}: {e}")
-            console.print(f"Rerun with --run-id {cfg.run_id} to resume: finished stages are skipped.")
+            if not isinstance(e, ConfigChanged):
+                console.print(f"Rerun with --run-id {cfg.run_id} to resume: finished stages and parts are skipped.")
             raise typer.Exit(1)
         finally:
             if api.pid is not None and cfg.prefect.keep_server:

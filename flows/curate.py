@@ -4,11 +4,13 @@ Thin wiring only: each task is a pipeline function, mapped over parts and run on
 """
 from __future__ import annotations
 
+import posixpath
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from pipeline import dedup, filters, funnel, io, readers, tokenize
-from pipeline.stages import finish_stage, stage_parts
+from pipeline.stages import finish_stage, finished, finished_part, shard_of, stage_parts
 
 from .config import RunConfig
 from .runtime import ray_task_runner, run_mapped, stage
@@ -26,16 +28,44 @@ tokenize_part = task(tokenize.tokenize_part, name="tokenize", retries=1)
 
 
 def _mapper(config: RunConfig):
-    def mapped(fn, calls, what):
-        return run_mapped(fn, calls, config.ray.max_in_flight, what, config.prefect.task_retries, config.prefect.retry_delay_s)
+    def mapped(fn, calls, what, stage: str | None = None, marker=None, outputs=None):
+        """Map `fn` over `calls`, skipping calls finished by an earlier run of this run id: parts of
+        `stage` (write_part's stats file is their marker), or calls whose `marker(call)` JSON exists
+        (written here from the call's result, after the task wrote its outputs) and, when given,
+        whose `outputs(result)` files all exist."""
+        done = commit = None
+        if stage is not None:
+            def done(call):
+                return finished_part(config.run_dir, stage, call["shard"] if "shard" in call else shard_of(call["part_url"]))
+        elif marker is not None:
+            def done(call):
+                result = finished(marker(call))
+                return result if result is None or outputs is None or all(map(io.exists, outputs(result))) else None
+
+            def commit(call, result):
+                io.write_json(marker(call), result)
+        return run_mapped(fn, calls, config.ray.max_in_flight, what, config.prefect.task_retries,
+                          config.prefect.retry_delay_s, done=done, commit=commit)
     return mapped
+
+
+def _marker(directory: str, key: str = "part_url"):
+    """marker(call) -> <directory>/_parts/<name of the call's part or partition>.json"""
+    def marker(call):
+        return io.join(directory, "_parts", posixpath.basename(call[key]).split(".")[0] + ".json")
+    return marker
+
+
+def read_settings(config: RunConfig) -> dict:
+    """What the read stage's output depends on: the input files and the reader settings (not strictness)."""
+    return {"inputs": readers.expand_inputs(config.curate.inputs), "reader": config.curate.reader.model_dump(exclude={"strict"})}
 
 
 def read_stage(config: RunConfig) -> dict:
     cfg, run_dir = config.curate, config.run_dir
     shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes)
     calls = [dict(**s, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, s in enumerate(shards)]
-    stats = finish_stage(run_dir, "read", _mapper(config)(read_file, calls, "read"))
+    stats = finish_stage(run_dir, "read", _mapper(config)(read_file, calls, "read", stage="read"))
     for e in stats["errors"]:
         get_run_logger().warning("input %s: %s at offset %s: %s", e["path"], e["reason"], e["offset"], e["error"])
     return stats
@@ -51,23 +81,24 @@ def dedup_stage(config: RunConfig, source: str) -> dict:
     exact_urls: list[str] = []
     if cfg.exact:
         calls = [dict(part_url=p, work_dir=io.join(work, "exact"), partitions=partitions, batch_size=cfg.batch_size) for p in parts]
-        mapped(exact_hashes, calls, "exact hashes")
+        mapped(exact_hashes, calls, "exact hashes", marker=_marker(io.join(work, "exact")))
         exact_urls = [io.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
         calls = [dict(partition=dedup.partition_dir(io.join(work, "exact"), p), out_url=u) for p, u in enumerate(exact_urls)]
-        mapped(exact_groups, calls, "exact groups")
+        mapped(exact_groups, calls, "exact groups", marker=_marker(io.join(work, "exact-groups"), "out_url"))
     pair_urls: list[str] = []
     if cfg.minhash:
         calls = [dict(part_url=p, work_dir=io.join(work, "bands"), partitions=partitions, cfg=cfg, exact_urls=exact_urls) for p in parts]
-        mapped(signature_rows, calls, "minhash signatures")
+        mapped(signature_rows, calls, "minhash signatures", marker=_marker(io.join(work, "bands")))
         pair_urls = [io.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
         calls = [dict(partition=dedup.partition_dir(io.join(work, "bands"), p), out_url=u, cfg=cfg) for p, u in enumerate(pair_urls)]
-        found = mapped(bucket_pairs, calls, "minhash buckets")
+        found = mapped(bucket_pairs, calls, "minhash buckets", marker=_marker(io.join(work, "pairs"), "out_url"))
         bands, rows = dedup.lsh_params(cfg)
         summary.update(bands=bands, rows=rows, **{k: sum(f[k] for f in found) for k in ("candidate_pairs", "pairs")})
     duplicates_dir = io.join(work, "duplicates")
-    summary.update(clusters.submit(pair_urls, exact_urls, duplicates_dir).result())
+    call = dict(pair_urls=pair_urls, exact_urls=exact_urls, out_dir=duplicates_dir)
+    summary.update(mapped(clusters, [call], "dedup clusters", marker=_marker(duplicates_dir, "out_dir"))[0])
     calls = [dict(part_url=p, duplicates_dir=duplicates_dir, run_dir=run_dir) for p in parts]
-    stats = finish_stage(run_dir, "dedup", mapped(drop_duplicates, calls, "dedup drop"), **summary)
+    stats = finish_stage(run_dir, "dedup", mapped(drop_duplicates, calls, "dedup drop", stage="dedup"), **summary)
     for scratch in ("exact", "bands"):  # the band rows are the bulk; pairs and duplicate lists stay for inspection
         io.remove_tree(io.join(work, scratch))
     return stats
@@ -80,15 +111,18 @@ def curate(config: RunConfig) -> dict:
 
     def quality():
         calls = [dict(part_url=p, run_dir=run_dir, cfg=cfg.quality) for p in stage_parts(run_dir, "read")]
-        return finish_stage(run_dir, "quality", mapped(filter_part, calls, "quality"))
+        return finish_stage(run_dir, "quality", mapped(filter_part, calls, "quality", stage="quality"))
 
     def tokens(source: str):
         out = io.join(run_dir, "tokens")
         parts = stage_parts(run_dir, source)
         tokenizer_url = io.join(out, "tokenizer.json")
-        tok = train_tokenizer.submit(parts, tokenizer_url, cfg.tokenizer).result()
+        call = dict(part_urls=parts, out_url=tokenizer_url, cfg=cfg.tokenizer)
+        tok = mapped(train_tokenizer, [call], "train tokenizer", marker=lambda _: io.join(out, "_parts", "train-tokenizer.json"),
+                     outputs=lambda _: [tokenizer_url])[0]
         calls = [dict(part_url=p, tokenizer_url=tokenizer_url, out_dir=out, cfg=cfg.tokens) for p in parts]
-        shards = [s for part in mapped(tokenize_part, calls, "tokenize") for s in part]
+        shards = [s for part in mapped(tokenize_part, calls, "tokenize", marker=_marker(out),
+                                       outputs=lambda result: [io.join(out, s["file"]) for s in result]) for s in part]
         docs = io.read_json(io.join(run_dir, source, "_stats.json"))["docs_kept"]
         manifest = tokenize.write_manifest(out, tokenizer_url, shards, cfg.tokens, docs)
         stats = {"stage": "tokens", "tokenizer": tok, **manifest["totals"], "source_docs": docs}
@@ -97,12 +131,14 @@ def curate(config: RunConfig) -> dict:
         return stats
 
     io.makedirs(run_dir)
-    stats = {"read": stage(run_dir, "read", lambda: read_stage(config)), "quality": stage(run_dir, "quality", quality)}
+    stats = {"read": stage(run_dir, "read", lambda: read_stage(config), read_settings(config)),
+             "quality": stage(run_dir, "quality", quality, {"quality": cfg.quality.model_dump()})}
     last = "quality"
     if cfg.dedup.exact or cfg.dedup.minhash:
-        stats["dedup"] = stage(run_dir, "dedup", lambda: dedup_stage(config, last))
+        stats["dedup"] = stage(run_dir, "dedup", lambda: dedup_stage(config, last), {"source": last, "dedup": cfg.dedup.model_dump()})
         last = "dedup"
-    stats["tokens"] = stage(run_dir, "tokens", lambda: tokens(last))
+    stats["tokens"] = stage(run_dir, "tokens", lambda: tokens(last),
+                            {"source": last, "tokenizer": cfg.tokenizer.model_dump(), "tokens": cfg.tokens.model_dump()})
     rows = funnel.load_funnel(run_dir)
     funnel.write_funnel(run_dir, rows)
     create_table_artifact(key="data-funnel", table=rows, description=f"Data funnel of run {config.run_id}: "
@@ -115,8 +151,9 @@ def dedup_flow(config: RunConfig) -> dict:
     """read -> dedup only (`tokenmill dedup`): kept docs in <run>/dedup, duplicates in <run>/rejected/dedup."""
     config = config.with_run_id()
     io.makedirs(config.run_dir)
-    stats = {"read": stage(config.run_dir, "read", lambda: read_stage(config))}
-    stats["dedup"] = stage(config.run_dir, "dedup", lambda: dedup_stage(config, "read"))
+    stats = {"read": stage(config.run_dir, "read", lambda: read_stage(config), read_settings(config))}
+    stats["dedup"] = stage(config.run_dir, "dedup", lambda: dedup_stage(config, "read"),
+                           {"source": "read", "dedup": config.curate.dedup.model_dump()})
     return stats
 
 

@@ -10,6 +10,7 @@ from prefect_ray import RayTaskRunner
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline import io
+from pipeline.stages import check_stage_config
 
 from .config import RayConfig
 
@@ -33,31 +34,54 @@ def ray_task_runner(cfg: RayConfig) -> RayTaskRunner:
 
 
 def run_mapped(task, calls: Sequence[dict], max_in_flight: int, description: str,
-               retries: int | None = None, retry_delay_s: float = 0) -> list:
+               retries: int | None = None, retry_delay_s: float = 0,
+               done: Callable[[dict], Any] | None = None, commit: Callable[[dict, Any], None] | None = None) -> list:
     """Submit task(**kwargs) for each call with at most `max_in_flight` pending; results in order.
+
+    Resume: `done(call)` returns what an earlier run of the call left (its commit marker's content),
+    or None; such calls are not submitted and their earlier result is used. `commit(call, result)`
+    runs once a call's result is in, to write its marker (stages whose tasks write their own marker,
+    like write_part, need none).
 
     prefect-ray misbehaves with many pending futures, so submission is windowed rather than .map().
     """
     if retries is not None:
         task = task.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
     results: list = [None] * len(calls)
+    todo = []
+    for i, kwargs in enumerate(calls):
+        earlier = done(kwargs) if done else None
+        if earlier is None:
+            todo.append(i)
+        else:
+            results[i] = earlier
+    if done is not None and len(todo) < len(calls):
+        get_run_logger().info("%s: %d of %d parts done in an earlier run, reused", description,
+                              len(calls) - len(todo), len(calls))
     pending: deque = deque()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=False, disable=not calls) as progress:
-        bar = progress.add_task(description, total=len(calls))
-        for i, kwargs in enumerate(calls):
-            pending.append((i, task.submit(**kwargs)))
-            while len(pending) >= max_in_flight or (i == len(calls) - 1 and pending):
+                  transient=False, disable=not todo) as progress:
+        bar = progress.add_task(description, total=len(todo))
+        for n, i in enumerate(todo):
+            pending.append((i, task.submit(**calls[i])))
+            while len(pending) >= max_in_flight or (n == len(todo) - 1 and pending):
                 j, future = pending.popleft()
                 results[j] = future.result()
+                if commit:
+                    commit(calls[j], results[j])
                 progress.advance(bar)
     return results
 
 
-def stage(run_dir: str, name: str, fn: Callable[[], dict]) -> dict:
-    """Run a stage unless <run>/<name>/_SUCCESS exists; return its _stats.json either way."""
+def stage(run_dir: str, name: str, fn: Callable[[], dict], settings: dict | None = None) -> dict:
+    """Run a stage unless <run>/<name>/_SUCCESS exists; return its _stats.json either way.
+
+    `settings` (the config the stage's output depends on) are recorded with the stage; a rerun with
+    other settings is refused (stages.ConfigChanged) instead of reusing what was made under the old ones."""
     logger = get_run_logger()
     stage_dir = io.join(run_dir, name)
+    if settings is not None:
+        check_stage_config(run_dir, name, settings)
     if io.stage_done(stage_dir):
         logger.info("stage %s: done in an earlier run, skipped", name)
         stats = io.read_json(io.join(stage_dir, "_stats.json"))

@@ -19,6 +19,8 @@ class ReaderConfig(_Section):
     url_key: str | None = "url"
     # Uncompressed JSONL and Parquet inputs are split into shards of about this size (one Ray task each).
     shard_bytes: int = Field(64 << 20, ge=1 << 10)
+    # Documents are written in row groups of about this much text: a read task holds one batch, not its shard.
+    batch_bytes: int = Field(8 << 20, ge=1)
     max_doc_chars: int = Field(5_000_000, ge=1)  # larger documents are rejected as read.too_large
     strict: bool = False  # an unreadable or truncated input file fails the run instead of a warning
 

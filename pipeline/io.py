@@ -112,3 +112,49 @@ def stage_done(stage_dir: str) -> bool:
 
 def mark_done(stage_dir: str) -> None:
     write_bytes(join(stage_dir, SUCCESS), b"")
+
+
+class ParquetAppender:
+    """A Parquet file written a table (row group) at a time, atomically: rows go to a temporary name
+    in the same directory, `commit()` renames it into place, `abort()` removes it. Memory is bounded
+    by one table, not the file."""
+
+    def __init__(self, url: str, schema: pa.Schema):
+        self.url, self.schema = url, schema
+        self._fs, path = fs_path(url)
+        self._path = path
+        self._tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        self._file = self._writer = None
+
+    def write(self, table: pa.Table) -> None:
+        try:
+            if self._writer is None:
+                self._fs.makedirs(posixpath.dirname(self._path), exist_ok=True)
+                self._file = self._fs.open(self._tmp, "wb")
+                self._writer = pq.ParquetWriter(self._file, self.schema, compression="zstd")
+            self._writer.write_table(table)
+        except OSError as e:
+            self.abort()
+            raise OSError(e.errno, f"cannot write {self.url}: {e.strerror or e}") from e
+
+    def commit(self) -> None:
+        if self._writer is None:
+            self.write(self.schema.empty_table())
+        try:
+            self._writer.close()
+            self._file.close()
+            self._fs.mv(self._tmp, self._path)
+        except OSError as e:
+            self.abort()
+            raise OSError(e.errno, f"cannot write {self.url}: {e.strerror or e}") from e
+
+    def abort(self) -> None:
+        for closing in (self._writer, self._file):
+            try:
+                if closing is not None:
+                    closing.close()
+            except Exception:  # noqa: BLE001 - already failing; the temporary file goes either way
+                pass
+        self._writer = self._file = None
+        if self._fs.exists(self._tmp):
+            self._fs.rm(self._tmp)

@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import posixpath
-import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -25,7 +24,7 @@ import fsspec
 from .config import ReaderConfig
 from .documents import docs_table
 from .io import fs_path
-from .stages import write_part
+from .stages import PartWriter
 
 COMPRESSIONS = (".gz", ".zst", ".bz2")
 FORMATS = {
@@ -348,13 +347,32 @@ def read_records(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = 
 
 
 def read_file(url: str, shard: int, run_dir: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> dict:
-    """The read stage for one shard of an input file: its records become part `shard` of <run>/read."""
-    started = time.perf_counter()
-    records = list(read_records(url, cfg, start, end))
-    errors = [{"path": url, "offset": r.offset, "reason": r.reason, "error": json.loads(r.doc["meta"])["error"]}
-              for r in records if r.reason in FILE_ERRORS]
-    if errors and cfg.strict:
-        raise IOError(f"{url}: {errors[0]['error']} (at offset {errors[0]['offset']}; strict mode)")
-    docs = docs_table([r.doc for r in records])
-    stats = write_part(run_dir, "read", shard, docs, [r.reason for r in records], started=started)
-    return {**stats, "source": url, "errors": errors}
+    """The read stage for one shard of an input file: its records become part `shard` of <run>/read,
+    written in batches of about `cfg.batch_bytes` of text, so memory is bounded by a batch, not the shard."""
+    writer = PartWriter(run_dir, "read", shard)
+    errors: list[dict] = []
+    batch: list[Record] = []
+    size = 0
+
+    def flush():
+        writer.write(docs_table([r.doc for r in batch]), [r.reason for r in batch])
+        batch.clear()
+
+    try:
+        for record in read_records(url, cfg, start, end):
+            if record.reason in FILE_ERRORS:
+                errors.append({"path": url, "offset": record.offset, "reason": record.reason,
+                               "error": json.loads(record.doc["meta"])["error"]})
+            batch.append(record)
+            size += len(record.doc["text"])
+            if size >= cfg.batch_bytes:
+                flush()
+                size = 0
+        if errors and cfg.strict:
+            raise IOError(f"{url}: {errors[0]['error']} (at offset {errors[0]['offset']}; strict mode)")
+        if batch:
+            flush()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(extra={"source": url, "errors": errors})

@@ -4,7 +4,13 @@ Layout (ARCHITECTURE.md):
     <run>/<stage>/part-NNNNN.parquet            kept documents
     <run>/rejected/<stage>/part-NNNNN.parquet   dropped documents with `reason` (and `duplicate_of`)
     <run>/<stage>/_parts/part-NNNNN.json        stats of one part, written last: a part with it is done
+    <run>/<stage>/_config.json                  the settings the stage's parts were made with
     <run>/<stage>/_stats.json, _SUCCESS         totals, written when every part is done
+
+Resume: a rerun with the same run id skips a finished stage (_SUCCESS) and, inside an unfinished
+one, every part whose stats file exists (the commit marker: written after the part's outputs, and
+every write is atomic), reusing its stats. A rerun whose settings for a stage differ from the ones
+in its _config.json is refused rather than mixing parts made with two configurations.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import io
-from .documents import DOC_SCHEMA, rejected_table
+from .documents import DOC_SCHEMA, REJECTED_SCHEMA, rejected_table
 
 
 MAX_ERRORS = 1000  # input errors (path, offset, error) listed in a stage's _stats.json
@@ -30,10 +36,64 @@ def part_stats_url(run_dir: str, stage: str, shard: int) -> str:
     return io.join(run_dir, stage, "_parts", part_name(shard) + ".json")
 
 
+def finished(marker_url: str, outputs: Iterable[str] = ()) -> dict | list | None:
+    """What a unit of work finished by an earlier (possibly interrupted) run returned, else None.
+
+    `marker_url` is the JSON the unit wrote after all its `outputs`; a marker whose outputs have gone
+    missing since does not count."""
+    if not io.exists(marker_url):
+        return None
+    if not all(io.exists(u) for u in outputs):
+        return None
+    return io.read_json(marker_url)
+
+
 def finished_part(run_dir: str, stage: str, shard: int) -> dict | None:
-    """Stats of a part finished by an earlier (possibly interrupted) run, else None."""
+    """Stats of a part (write_part) finished by an earlier run whose parquet files are all there, else None."""
     url = part_stats_url(run_dir, stage, shard)
-    return io.read_json(url) if io.exists(url) else None
+    stats = finished(url)
+    if stats is None:
+        return None
+    name = part_name(shard) + ".parquet"
+    outputs = [io.join(run_dir, stage, name)] + ([io.join(run_dir, "rejected", stage, name)] if stats["docs_rejected"] else [])
+    return stats if all(io.exists(u) for u in outputs) else None
+
+
+class ConfigChanged(ValueError):
+    """A rerun of a run id whose settings for a stage are not the ones its finished parts were made with."""
+
+
+def _flat(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in _flat(value, f"{prefix}{key}.").items()} or {prefix[:-1]: {}}
+    return {prefix[:-1]: obj}
+
+
+def check_stage_config(run_dir: str, stage: str, settings: dict) -> None:
+    """Record the settings a stage runs with in <stage>/_config.json, or, when an earlier run of this
+    run id recorded them, refuse to go on if they differ: its finished parts (and later stages built on
+    them) would otherwise be silently mixed with parts made under the new settings."""
+    url = io.join(run_dir, stage, "_config.json")
+    settings = json_round_trip(settings)
+    if not io.exists(url):
+        io.write_json(url, settings)
+        return
+    before = io.read_json(url)
+    if before == settings:
+        return
+    old, new = _flat(before), _flat(settings)
+    diffs = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in sorted(old.keys() | new.keys())
+             if old.get(k, "<unset>") != new.get(k, "<unset>")]
+    raise ConfigChanged(
+        f"run {run_dir}: stage {stage!r} was started with other settings ({'; '.join(diffs[:10])}). "
+        f"Use a new run id, or delete {io.join(run_dir, stage)} (and the stages after it) to redo it.")
+
+
+def json_round_trip(obj):
+    """`obj` as it reads back from JSON (tuples become lists, int keys strings), so comparisons are fair."""
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _nbytes(texts: pa.ChunkedArray | pa.Array) -> int:
@@ -42,6 +102,75 @@ def _nbytes(texts: pa.ChunkedArray | pa.Array) -> int:
 
 def _nchars(texts: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.sum(pc.utf8_length(texts)).as_py() or 0)
+
+
+class PartWriter:
+    """One part of a stage, written a batch of documents at a time so memory is bounded by the batch:
+    kept rows to <stage>/part-N.parquet, rejected ones (with `reason`, `duplicate_of`) to
+    rejected/<stage>/part-N.parquet, one row group per batch. `close()` puts both files in place
+    and then writes the part's stats, its commit marker."""
+
+    def __init__(self, run_dir: str, stage: str, shard: int, started: float | None = None):
+        self.run_dir, self.stage, self.shard = run_dir, stage, shard
+        self.started = time.perf_counter() if started is None else started
+        name = part_name(shard) + ".parquet"
+        self.kept = io.ParquetAppender(io.join(run_dir, stage, name), DOC_SCHEMA)
+        self.rejected = io.ParquetAppender(io.join(run_dir, "rejected", stage, name), REJECTED_SCHEMA)
+        self.has_rejected = False
+        self.totals: Counter = Counter()
+        self.reasons, self.rejected_bytes, self.rejected_chars = Counter(), Counter(), Counter()
+
+    def write(self, docs: pa.Table, reasons: list[str | None], duplicate_of: list[str | None] | None = None) -> None:
+        keep = pa.array([r is None for r in reasons], pa.bool_())
+        kept = docs.filter(keep).select(DOC_SCHEMA.names)
+        drop_idx = [i for i, r in enumerate(reasons) if r is not None]
+        rejected = rejected_table(
+            docs.take(pa.array(drop_idx, pa.int64())),
+            [reasons[i] for i in drop_idx],
+            [duplicate_of[i] for i in drop_idx] if duplicate_of else None,
+        )
+        try:
+            if kept.num_rows:
+                self.kept.write(kept)
+            if rejected.num_rows:
+                self.rejected.write(rejected)
+                self.has_rejected = True
+        except BaseException:
+            self.abort()
+            raise
+        self.totals.update(docs_in=docs.num_rows, docs_kept=kept.num_rows, docs_rejected=rejected.num_rows,
+                           bytes_in=_nbytes(docs["text"]), bytes_kept=_nbytes(kept["text"]),
+                           chars_in=_nchars(docs["text"]), chars_kept=_nchars(kept["text"]))
+        self.reasons.update(r for r in reasons if r is not None)
+        self.rejected_bytes.update(_by_reason(rejected, pc.binary_length))
+        self.rejected_chars.update(_by_reason(rejected, pc.utf8_length))
+
+    def close(self, counters: dict[str, int] | None = None, extra: dict | None = None) -> dict:
+        """Commit the part; `counters` are the steps' own counts, `extra` is kept in the stats as it is."""
+        try:
+            self.kept.commit()
+            if self.has_rejected:
+                self.rejected.commit()
+        except BaseException:
+            self.abort()
+            raise
+        stats = {
+            "part": self.shard,
+            **{k: self.totals[k] for k in ("docs_in", "docs_kept", "docs_rejected", "bytes_in", "bytes_kept",
+                                           "chars_in", "chars_kept")},
+            "rejected": dict(sorted(self.reasons.items())),
+            "rejected_bytes": dict(sorted(self.rejected_bytes.items())),
+            "rejected_chars": dict(sorted(self.rejected_chars.items())),
+            "counters": dict(sorted((counters or {}).items())),
+            "seconds": round(time.perf_counter() - self.started, 3),
+            **(extra or {}),
+        }
+        io.write_json(part_stats_url(self.run_dir, self.stage, self.shard), stats)  # last: the part's commit marker
+        return stats
+
+    def abort(self) -> None:
+        self.kept.abort()
+        self.rejected.abort()
 
 
 def write_part(
@@ -53,39 +182,15 @@ def write_part(
     duplicate_of: list[str | None] | None = None,
     started: float | None = None,
     counters: dict[str, int] | None = None,
+    extra: dict | None = None,
 ) -> dict:
-    """Split `docs` into kept (reason None) and rejected rows, write both, return the part's stats.
+    """A part written from one table (PartWriter with one batch); returns the part's stats.
 
-    `counters` are the steps' own counts (lines removed, redactions, languages), summed per stage."""
-    keep = pa.array([r is None for r in reasons], pa.bool_())
-    kept = docs.filter(keep).select(DOC_SCHEMA.names)
-    drop_idx = [i for i, r in enumerate(reasons) if r is not None]
-    rejected = rejected_table(
-        docs.take(pa.array(drop_idx, pa.int64())),
-        [reasons[i] for i in drop_idx],
-        [duplicate_of[i] for i in drop_idx] if duplicate_of else None,
-    )
-    name = part_name(shard) + ".parquet"
-    io.write_parquet(io.join(run_dir, stage, name), kept)
-    if rejected.num_rows:
-        io.write_parquet(io.join(run_dir, "rejected", stage, name), rejected)
-    stats = {
-        "part": shard,
-        "docs_in": docs.num_rows,
-        "docs_kept": kept.num_rows,
-        "docs_rejected": rejected.num_rows,
-        "bytes_in": _nbytes(docs["text"]),
-        "bytes_kept": _nbytes(kept["text"]),
-        "chars_in": _nchars(docs["text"]),
-        "chars_kept": _nchars(kept["text"]),
-        "rejected": dict(sorted(Counter(r for r in reasons if r is not None).items())),
-        "rejected_bytes": _by_reason(rejected, pc.binary_length),
-        "rejected_chars": _by_reason(rejected, pc.utf8_length),
-        "counters": dict(sorted((counters or {}).items())),
-        "seconds": round(time.perf_counter() - started, 3) if started else None,
-    }
-    io.write_json(part_stats_url(run_dir, stage, shard), stats)
-    return stats
+    `counters` are the steps' own counts (lines removed, redactions, languages), summed per stage;
+    `extra` is kept in the part's stats as it is (e.g. the read stage's input errors)."""
+    writer = PartWriter(run_dir, stage, shard, started)
+    writer.write(docs, reasons, duplicate_of)
+    return writer.close(counters, extra)
 
 
 def _by_reason(rejected: pa.Table, length) -> dict[str, int]:

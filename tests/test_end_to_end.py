@@ -141,8 +141,9 @@ def test_rerun_with_the_same_run_id_does_no_work(run):
 
 
 def test_curate_killed_midway_then_rerun_gives_identical_output(run, tmp_path):
-    """Fault: the flow process is SIGKILLed after its first stage; the rerun with the same run id skips
-    what finished and produces byte-identical data to the undisturbed run."""
+    """Fault: the flow process is SIGKILLed in the middle of the quality stage, after some of its parts
+    finished; the rerun with the same run id skips the read stage and those parts (their files are
+    not rewritten) and produces byte-identical data to the undisturbed run."""
     import signal
     import time
 
@@ -152,14 +153,15 @@ def test_curate_killed_midway_then_rerun_gives_identical_output(run, tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY)
     args = [sys.executable, "-m", "flows.cli", "curate", "--config", "tiny.yaml", "--run-id", "t", "--output-dir", str(tmp_path / "runs")]
     run_dir = tmp_path / "runs" / "t"
+    quality_parts = run_dir / "quality" / "_parts"
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     family: set[int] = set()
     try:
         deadline = time.monotonic() + 300
-        while not (run_dir / "read" / "_SUCCESS").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "curate ended before its first stage finished"
+        while not list(quality_parts.glob("part-*.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "curate ended before a quality part finished"
             family.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
-            time.sleep(0.1)
+            time.sleep(0.05)
         family.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -169,10 +171,18 @@ def test_curate_killed_midway_then_rerun_gives_identical_output(run, tmp_path):
             except ProcessLookupError:
                 pass
         proc.wait()
-    assert not (run_dir / "tokens" / "_SUCCESS").exists()
+    assert not (run_dir / "quality" / "_SUCCESS").exists(), "the quality stage finished before the kill"
+    done = sorted(p.stem for p in quality_parts.glob("part-*.json"))
+    parts = len(list((run_dir / "read").glob("part-*.parquet")))
+    assert 0 < len(done) < parts
+    files = [f for name in done for f in (quality_parts / f"{name}.json", run_dir / "quality" / f"{name}.parquet",
+                                          run_dir / "rejected" / "quality" / f"{name}.parquet") if f.exists()]
+    before = {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
 
     second = _tokenmill("curate", "--config", "tiny.yaml", "--run-id", "t", "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert "stage read: done in an earlier run, skipped" in second
+    assert f"quality: {len(done)} of {parts} parts done in an earlier run, reused" in second
+    assert {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files} == before
     assert not list(run_dir.rglob(".tmp-*"))
     resumed, expected = curated_files(run_dir), curated_files(reference)
     assert resumed.keys() == expected.keys() and resumed == expected

@@ -7,15 +7,15 @@ change `text` and count what they did.
 """
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .. import io
 from ..config import QualityConfig
-from ..stages import shard_of, write_part
+from ..stages import PartWriter, shard_of
 from .base import Doc, Step
 from .c4 import C4
 from .fineweb import FineWeb
@@ -62,19 +62,27 @@ def step_stats(steps: list[Step]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def filter_part(part_url: str, run_dir: str, cfg: QualityConfig) -> dict:
-    """The quality stage for one part. Kept rows carry the cleaned text; rejected rows the text as
-    it came in, so `inspect` shows what was dropped."""
-    started = time.perf_counter()
-    table = io.read_parquet(part_url)
+def filter_part(part_url: str, run_dir: str, cfg: QualityConfig, batch_rows: int = 1024) -> dict:
+    """The quality stage for one part, `batch_rows` documents at a time (memory is bounded by a batch,
+    not the part). Kept rows carry the cleaned text; rejected rows the text as it came in, so
+    `inspect` shows what was dropped."""
     steps = build_chain(cfg)
-    originals = table["text"].to_pylist()
-    docs = [Doc(i, t, u) for i, t, u in zip(table["id"].to_pylist(), originals, table["url"].to_pylist())]
-    reasons = filter_docs(steps, docs)
-    texts = [orig if r else d.text for d, orig, r in zip(docs, originals, reasons)]
-    table = (table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
-             .set_column(table.schema.get_field_index("lang"), "lang", pa.array([d.lang for d in docs], pa.string()))
-             .set_column(table.schema.get_field_index("lang_score"), "lang_score",
-                         pa.array([d.lang_score for d in docs], pa.float32())))
-    return write_part(run_dir, "quality", shard_of(part_url), table, reasons, started=started,
-                      counters=step_stats(steps))
+    writer = PartWriter(run_dir, "quality", shard_of(part_url))
+    fs, path = io.fs_path(part_url)
+    try:
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                table = pa.Table.from_batches([batch])
+                originals = table["text"].to_pylist()
+                docs = [Doc(i, t, u) for i, t, u in zip(table["id"].to_pylist(), originals, table["url"].to_pylist())]
+                reasons = filter_docs(steps, docs)
+                texts = [orig if r else d.text for d, orig, r in zip(docs, originals, reasons)]
+                table = (table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+                         .set_column(table.schema.get_field_index("lang"), "lang", pa.array([d.lang for d in docs], pa.string()))
+                         .set_column(table.schema.get_field_index("lang_score"), "lang_score",
+                                     pa.array([d.lang_score for d in docs], pa.float32())))
+                writer.write(table, reasons)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(counters=step_stats(steps))
