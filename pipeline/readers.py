@@ -1,8 +1,10 @@
-"""Readers: turn input files into document rows, streaming, one shard (a file or a byte range /
-row-group range of one) at a time, so memory is bounded by the shard, not the file.
+"""Readers: turn input files into document rows, streaming, one shard at a time (a file, or a byte
+range / row-group range of one), so memory is bounded by a batch of records, not the file.
 
 Formats, by extension (compression .gz/.zst/.bz2 inferred): JSONL, Parquet, plain text (one
 document per file), Common Crawl WARC (HTML responses -> main text with resiliparse) and WET.
+Shards (plan_shards): byte ranges of JSONL (of the uncompressed text for .gz/.zst), row-group ranges
+of Parquet, gzip-member-aligned byte ranges of .warc.gz/.wet.gz.
 
 Nothing is dropped silently: a record that cannot be used (bad JSON, invalid UTF-8, no text, too
 large, not HTML) is a rejected row with a reason code; a file that cannot be read, or ends early
@@ -16,6 +18,7 @@ import contextlib
 import io
 import json
 import posixpath
+import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -69,12 +72,22 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return sorted(dict.fromkeys(files))
 
 
+SPLIT_COMPRESSIONS = (".gz", ".zst")  # bz2 decompresses too slowly to skip through; such a file is one shard
+MIN_EXPANSION = 8  # a compressed file smaller than shard_bytes / this is not measured: it is one shard anyway, likely
+
+
 def plan_shards(files: list[str], shard_bytes: int) -> list[dict]:
-    """Work units: uncompressed JSONL split into byte ranges of about `shard_bytes`, Parquet into
-    row-group ranges of about that size, anything else one unit per file."""
+    """Work units of about `shard_bytes` of (uncompressed) input each: JSONL split into byte ranges,
+    Parquet into row-group ranges, anything else one unit per file.
+
+    A .gz/.zst JSONL file is split by ranges of its uncompressed bytes: planning decompresses it once
+    to measure it (exact for multi-member gzip, several zstd frames and any size, where the gzip
+    trailer holds only the last member's size mod 4 GiB), and each shard's reader decompresses from
+    the start and skips to its range. The last shard is open-ended, so a file that ends early is read
+    (and its truncation reported) exactly as if it were one shard."""
     shards: list[dict] = []
     for url in files:
-        fmt, compressed = format_of(url), url.lower().endswith(COMPRESSIONS)
+        fmt, lower = format_of(url), url.lower()
         try:
             fs, path = fs_path(url)
             size = fs.size(path) or 0
@@ -91,13 +104,36 @@ def plan_shards(files: list[str], shard_bytes: int) -> list[dict]:
                         start, acc = g + 1, 0
                 if meta.num_row_groups:
                     continue
+            if fmt == "jsonl" and lower.endswith(SPLIT_COMPRESSIONS) and size * MIN_EXPANSION > shard_bytes:
+                size = uncompressed_size(url)
+                bounds = list(range(0, size, shard_bytes)) or [0]
+                shards += [{"url": url, "start": s, "end": s + shard_bytes} for s in bounds[:-1]]
+                shards.append({"url": url, "start": bounds[-1], "end": None})
+                continue
+            if fmt in ("warc", "wet") and size > shard_bytes and warc_split_points(url):
+                shards += [{"url": url, "start": s, "end": s + shard_bytes} for s in range(0, size, shard_bytes)]
+                shards[-1]["end"] = None
+                continue
+        except (ConnectionError, TimeoutError):
+            raise
         except Exception:  # unreadable: the read task reports it with its error
             size = 0
-        if fmt == "jsonl" and not compressed and size > shard_bytes:
+        if fmt == "jsonl" and not lower.endswith(COMPRESSIONS) and size > shard_bytes:
             shards += [{"url": url, "start": s, "end": min(size, s + shard_bytes)} for s in range(0, size, shard_bytes)]
         else:
             shards.append({"url": url, "start": 0, "end": None})
     return shards
+
+
+def uncompressed_size(url: str) -> int:
+    """Bytes a compressed file decompresses to, counted by decompressing it; up to where it breaks
+    off when it is truncated or corrupt (the shard reading that far reports the error)."""
+    size = 0
+    with contextlib.suppress(EOFError, OSError, ValueError):
+        with _open_stream(url) as f:
+            while chunk := f.read1(1 << 20):  # read1: what one step decompressed, so a cut loses little
+                size += len(chunk)
+    return size
 
 
 def _base(url: str, key: str) -> dict:
@@ -182,22 +218,26 @@ class _ZstdReader(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def _open_stream(url: str, compressed: bool = True):
+def _open_stream(url: str):
     """A binary stream with readline(), decompressed by extension."""
-    if compressed and url.lower().endswith(".zst"):
+    if url.lower().endswith(".zst"):
         with fsspec.open(url, "rb") as raw:
             yield io.BufferedReader(_ZstdReader(raw), 1 << 20)
     else:
-        with fsspec.open(url, "rb", compression="infer" if compressed else None) as f:
+        with fsspec.open(url, "rb", compression="infer") as f:
             yield f
 
 
 def read_jsonl(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
-    """Records of one JSONL file, or of the lines starting in [start, end) of an uncompressed one."""
-    with _open_stream(url, compressed=end is None) as f:
+    """Records of the lines of a JSONL file that start in [start, end) (byte offsets of the
+    uncompressed text; end None: to the end of the file)."""
+    with _open_stream(url) as f:
         pos = start
         if start:
-            f.seek(start - 1)
+            if url.lower().endswith(COMPRESSIONS):
+                _skip(f, start - 1)  # a decompressing stream cannot seek: decompress up to the range
+            else:
+                f.seek(start - 1)
             pos = start - 1 + len(f.readline())  # the line running into `start` belongs to the previous shard
         while end is None or pos < end:
             offset = pos
@@ -219,6 +259,14 @@ def read_jsonl(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = No
                 yield _error_record(url, f"@{offset}", "read.invalid_json", str(e), line)
                 continue
             yield _from_mapping(obj, url, f"@{offset}", cfg)
+
+
+def _skip(f, n: int) -> None:
+    while n > 0:
+        chunk = f.read(min(n, 1 << 20))
+        if not chunk:
+            raise EOFError(f"stream ends {n} bytes before the shard's start")
+        n -= len(chunk)
 
 
 def read_parquet_rows(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
@@ -248,15 +296,65 @@ def read_text(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = Non
         yield _checked(doc, cfg, "")
 
 
-def _warc_records(url: str, wanted):
+def _warc_records(url: str, wanted, start: int = 0, end: int | None = None):
+    """Records of the wanted types that start in [start, end) (compressed byte offsets: a split
+    .warc.gz starts its shards at gzip members, one record each; see warc_member_at)."""
     from fastwarc.warc import ArchiveIterator
 
     with fsspec.open(url, "rb") as f:  # fastwarc detects and decompresses gzip/lz4 itself
+        if start:
+            start = warc_member_at(f, start, end)
+            if start is None:
+                return
+            f.seek(start)  # fastwarc's stream_pos stays the offset in the file
         for rec in ArchiveIterator(f, record_types=wanted, parse_http=True):
+            if end is not None and rec.stream_pos >= end:
+                break
             key = f"@{rec.stream_pos}"
             uri = (rec.headers.get("WARC-Target-URI") or "").strip("<>") or None
             meta = {"warc_record_id": rec.record_id, "warc_date": rec.headers.get("WARC-Date")}
             yield rec, key, uri, meta
+
+
+GZIP_MEMBER = b"\x1f\x8b\x08"
+
+
+def _is_warc_member(data: bytes) -> bool:
+    """Does `data` start with a gzip member that decompresses to a WARC record header?"""
+    with contextlib.suppress(zlib.error):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, 16).startswith(b"WARC/")
+    return False
+
+
+def warc_member_at(f, start: int, end: int | None, window: int = 1 << 20) -> int | None:
+    """Offset of the first gzip member at or after `start` (and before `end`) that holds a WARC record."""
+    pos = start
+    while end is None or pos < end:
+        f.seek(pos)
+        data = f.read(window + 64 * 1024)  # the overlap lets a member found near the window's end be checked
+        if not data:
+            return None
+        i = data.find(GZIP_MEMBER)
+        while 0 <= i < window and (end is None or pos + i < end):
+            if _is_warc_member(data[i:]):
+                return pos + i
+            i = data.find(GZIP_MEMBER, i + 1)
+        pos += window
+    return None
+
+
+def warc_split_points(url: str) -> bool:
+    """Can this WARC/WET file be split at byte offsets? Only a .warc.gz made of one gzip member per
+    record (as Common Crawl's are): its first member must hold exactly one record."""
+    if not url.lower().endswith(".gz"):
+        return False
+    with fsspec.open(url, "rb") as f:
+        raw = f.read(1 << 20)
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with contextlib.suppress(zlib.error):
+        first = d.decompress(raw)
+        return d.eof and bool(d.unused_data) and first.startswith(b"WARC/") and first.count(b"\r\nWARC/1.") == 0
+    return False
 
 
 def read_warc(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
@@ -264,7 +362,7 @@ def read_warc(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = Non
     from fastwarc.warc import WarcRecordType
     from resiliparse.extract.html2text import extract_plain_text
 
-    for rec, key, uri, meta in _warc_records(url, WarcRecordType.response):
+    for rec, key, uri, meta in _warc_records(url, WarcRecordType.response, start, end):
         body = _http_body(rec)
         content_type = (rec.http_headers.get("Content-Type") or "") if rec.http_headers else ""
         status = rec.http_headers.status_code if rec.http_headers else None
@@ -319,7 +417,7 @@ def read_wet(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None
     """Extracted text (conversion records) of a Common Crawl WET file."""
     from fastwarc.warc import WarcRecordType
 
-    for rec, key, uri, meta in _warc_records(url, WarcRecordType.conversion):
+    for rec, key, uri, meta in _warc_records(url, WarcRecordType.conversion, start, end):
         text, error = _decode(rec.reader.read())
         if error:
             yield _error_record(url, key, "read.invalid_utf8", error, text)

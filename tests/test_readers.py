@@ -165,3 +165,55 @@ def test_read_file_writes_kept_and_rejected_parts_and_reports_file_errors(tmp_pa
     assert error["path"] == str(broken) and error["reason"] == "read.truncated" and error["offset"].isdigit()
     with pytest.raises(IOError, match="broken.jsonl.gz"):
         read_file(str(broken), 5, run, ReaderConfig(strict=True))
+
+
+def _split_read(path, shard_bytes):
+    shards = plan_shards([str(path)], shard_bytes=shard_bytes)
+    return shards, [r for s in shards for r in read_records(s["url"], CFG, s["start"], s["end"])]
+
+
+def test_compressed_jsonl_is_split_into_uncompressed_byte_ranges_with_the_same_records(tmp_path):
+    records = [{"text": f"{ARTICLE} ({i})" + " tail" * (i % 7)} for i in range(120)] + ["{broken json"]
+    plain = write_jsonl(tmp_path / "all.jsonl", records).read_bytes()
+    half = plain.index(b"\n", len(plain) // 2) + 1
+    members = gzip.compress(plain[:half]) + gzip.compress(plain[half:])  # multi-member gzip, as pigz or cat make
+    frames = zstandard.ZstdCompressor().compress(plain[:half]) + zstandard.ZstdCompressor().compress(plain[half:])
+    for name, data in (("in.jsonl.gz", gzip.compress(plain)), ("multi.jsonl.gz", members),
+                       ("in.jsonl.zst", zstandard.ZstdCompressor().compress(plain)), ("frames.jsonl.zst", frames)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        whole = [(r.doc, r.reason) for r in read_records(str(path), CFG)]
+        shards, pieces = _split_read(path, 4000)
+        assert len(shards) == -(-len(plain) // 4000) >= 3 and shards[-1]["end"] is None
+        # boundaries fall inside records: each record is read once, by the shard it starts in
+        assert any(plain[s["start"] - 1:s["start"]] != b"\n" for s in shards[1:])
+        assert [(r.doc, r.reason) for r in pieces] == whole, name
+        assert len(whole) == 121 and whole[0][0]["id"] == f"{name}@0"
+        assert whole[-1][1] == "read.invalid_json" and whole[-1][0]["id"] == f"{name}@{plain.index(b'{broken')}"
+
+
+def test_a_truncated_compressed_file_split_in_shards_reports_the_cut_once_with_path_and_offset(tmp_path):
+    lines = b"".join(json.dumps({"text": f"{ARTICLE} ({i})"}).encode() + b"\n" for i in range(2000))
+    for path, data in ((tmp_path / "cut.jsonl.gz", gzip.compress(lines)),
+                       (tmp_path / "cut.jsonl.zst", zstandard.ZstdCompressor().compress(lines))):
+        path.write_bytes(data[: len(data) * 2 // 3])
+        whole = [(r.doc, r.reason) for r in read_records(str(path), CFG)]
+        shards, pieces = _split_read(path, 10_000)
+        assert len(shards) >= 3 and [(r.doc, r.reason) for r in pieces] == whole
+        cut = [r for r in pieces if r.reason == "read.truncated"]
+        assert len(cut) == 1 and cut[0].doc["source"] == str(path) and cut[0].offset == pieces[-2].offset
+        assert "Error" in json.loads(cut[0].doc["meta"])["error"]
+
+
+def test_warc_and_wet_gz_are_split_at_record_members_with_the_same_records(tmp_path):
+    for name, shard_bytes in (("dolma_wget_sample_0000.warc.gz", 40_000), ("commoncrawl_whirlwind.warc.gz", 4_000),
+                              ("commoncrawl_whirlwind.warc.wet.gz", 1024)):
+        path = WARC_DIR / name
+        whole = [(r.doc, r.reason) for r in read_records(str(path), CFG)]
+        shards, pieces = _split_read(path, shard_bytes)
+        assert len(shards) >= 3 and shards[-1]["end"] is None
+        assert [(r.doc, r.reason) for r in pieces] == whole and len(whole) > 0, name
+    # a .warc.gz compressed as one gzip member has no offsets to split at: one shard
+    single = tmp_path / "single.warc.gz"
+    single.write_bytes(gzip.compress(gzip.decompress((WARC_DIR / "dolma_wget_sample_0000.warc.gz").read_bytes())))
+    assert len(plan_shards([str(single)], 1024)) == 1 and len(list(read_records(str(single), CFG))) == 22

@@ -1,0 +1,123 @@
+"""Peak memory of the read stage on one big shard, and the cost of splitting a compressed file.
+
+    python bench/reader_memory.py [--mb 200] [--skip-split]
+
+1. Peak RSS of `read_file` on one JSONL shard of --mb MB (the bundled corpus's documents repeated
+   with unique ids), in a fresh process each: streamed in batches of `reader.batch_bytes` (default,
+   8 MB) vs the whole shard collected into one table (batch_bytes larger than the shard: what the
+   reader did before batching). The process's RSS after imports is printed too.
+2. Splitting a .jsonl.gz: wall time of reading all its records as one shard vs as n shards read one
+   after the other in this process (each shard decompresses from the start and skips to its range,
+   so the total is the work n parallel tasks would do), the planner's measuring pass, and gzip
+   decompression alone.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import BUNDLED_CORPUS, ReaderConfig  # noqa: E402
+from pipeline.readers import plan_shards, read_records, uncompressed_size  # noqa: E402
+
+CHILD = """
+import json, resource, sys
+sys.path.insert(0, {repo!r})
+from pipeline.config import ReaderConfig
+from pipeline.readers import read_file
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stats = read_file({path!r}, 0, {run!r}, ReaderConfig(batch_bytes={batch}))
+print(json.dumps({{"docs": stats["docs_in"], "base_kb": base, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+
+
+def corpus_docs() -> list[dict]:
+    docs = []
+    for path in sorted(Path(BUNDLED_CORPUS).glob("*.jsonl*")):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as f:
+            docs += [json.loads(line) for line in f if line.strip()]
+    return docs
+
+
+def write_big(path: Path, mb: int) -> int:
+    docs, size, k = corpus_docs(), 0, 0
+    with open(path, "w") as f:
+        while size < mb << 20:
+            for d in docs:
+                line = json.dumps({"id": f"{d.get('id', '')}-{k}", "text": d["text"]}) + "\n"
+                f.write(line)
+                size += len(line)
+            k += 1
+    return size
+
+
+def peak_rss(path: Path, run: Path, batch: int) -> dict:
+    code = CHILD.format(repo=str(REPO), path=str(path), run=str(run), batch=batch)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    shutil.rmtree(run, ignore_errors=True)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def read_all(shards: list[dict]) -> tuple[int, float]:
+    started = time.perf_counter()
+    n = sum(1 for s in shards for _ in read_records(s["url"], ReaderConfig(), s["start"], s["end"]))
+    return n, time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=200)
+    ap.add_argument("--split-mb", type=int, default=64, help="uncompressed size of the .jsonl.gz of part 2")
+    ap.add_argument("--skip-split", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="reader-bench-"))
+    try:
+        path = tmp / "big.jsonl"
+        size = write_big(path, args.mb)
+        print(f"1. one JSONL shard of {size / 2**20:.0f} MB, peak RSS of read_file in a fresh process")
+        streamed = peak_rss(path, tmp / "run", ReaderConfig().batch_bytes)
+        whole = peak_rss(path, tmp / "run", size * 2)
+        print(f"   batches of {ReaderConfig().batch_bytes >> 20} MB: {streamed['peak_kb'] / 1024:7.0f} MB "
+              f"(after imports {streamed['base_kb'] / 1024:.0f} MB, {streamed['docs']} docs)")
+        print(f"   whole shard at once: {whole['peak_kb'] / 1024:7.0f} MB (after imports {whole['base_kb'] / 1024:.0f} MB)")
+        print(f"   peak RSS streamed / whole shard: {streamed['peak_kb'] / whole['peak_kb']:.3f}; above imports: "
+              f"{(streamed['peak_kb'] - streamed['base_kb']) / (whole['peak_kb'] - whole['base_kb']):.3f}")
+        if args.skip_split:
+            return
+        gz = tmp / "big.jsonl.gz"
+        with open(path, "rb") as src, gzip.open(gz, "wb", compresslevel=6) as dst:
+            dst.write(src.read(args.split_mb << 20))
+        started = time.perf_counter()
+        with gzip.open(gz, "rb") as f:
+            while f.read1(1 << 20):
+                pass
+        decompress = time.perf_counter() - started
+        started = time.perf_counter()
+        usize = uncompressed_size(str(gz))
+        measure = time.perf_counter() - started
+        print(f"2. .jsonl.gz of {usize / 2**20:.0f} MB uncompressed ({gz.stat().st_size / 2**20:.0f} MB compressed)")
+        print(f"   gzip decompression alone {decompress:.2f} s ({usize / 2**20 / decompress:.0f} MB/s); "
+              f"planner's measuring pass {measure:.2f} s")
+        n1, t1 = read_all(plan_shards([str(gz)], usize + 1))
+        print(f"   one shard: {n1} records in {t1:.2f} s ({usize / 2**20 / t1:.0f} MB/s)")
+        for n in (4, 8, 16):
+            shards = plan_shards([str(gz)], -(-usize // n))
+            count, t = read_all(shards)
+            assert count == n1, (count, n1)
+            print(f"   {len(shards):2d} shards: {t:.2f} s in all; total work / one shard: {t / t1:.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
