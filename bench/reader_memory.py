@@ -1,6 +1,6 @@
 """Peak memory of the read stage on one big shard, and the cost of splitting a compressed file.
 
-    python bench/reader_memory.py [--mb 200] [--skip-split]
+    python bench/reader_memory.py [--mb 200] [--split-mb 64] [--skip-memory] [--skip-split]
 
 1. Peak RSS of `read_file` on one JSONL shard of --mb MB (the bundled corpus's documents repeated
    with unique ids), in a fresh process each: streamed in batches of `reader.batch_bytes` (default,
@@ -9,7 +9,7 @@
 2. Splitting a .jsonl.gz: wall time of reading all its records as one shard vs as n shards read one
    after the other in this process (each shard decompresses from the start and skips to its range,
    so the total is the work n parallel tasks would do), the planner's measuring pass, and gzip
-   decompression alone.
+   decompression alone; CPU seconds of this process (wall time on a shared machine is mostly waiting).
 """
 from __future__ import annotations
 
@@ -69,9 +69,27 @@ def peak_rss(path: Path, run: Path, batch: int) -> dict:
 
 
 def read_all(shards: list[dict]) -> tuple[int, float]:
-    started = time.perf_counter()
+    """Records and CPU seconds of this process (the machine is shared: wall time is mostly waiting)."""
+    started = time.process_time()
     n = sum(1 for s in shards for _ in read_records(s["url"], ReaderConfig(), s["start"], s["end"]))
-    return n, time.perf_counter() - started
+    return n, time.process_time() - started
+
+
+def quality_seconds_per_mb(url: Path) -> float:
+    """CPU seconds per MB of text of the default quality chain, on the first 4 MB of records."""
+    from pipeline.config import QualityConfig
+    from pipeline.filters import Doc, build_chain, filter_docs
+
+    steps = build_chain(QualityConfig())
+    docs, size = [], 0
+    for r in read_records(str(url), ReaderConfig()):
+        docs.append(Doc(r.doc["id"], r.doc["text"], r.doc["url"]))
+        size += len(r.doc["text"].encode())
+        if size >= 4 << 20:
+            break
+    started = time.process_time()
+    filter_docs(steps, docs)
+    return (time.process_time() - started) / (size / 2**20)
 
 
 def main() -> None:
@@ -79,42 +97,47 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--split-mb", type=int, default=64, help="uncompressed size of the .jsonl.gz of part 2")
     ap.add_argument("--skip-split", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="reader-bench-"))
     try:
         path = tmp / "big.jsonl"
-        size = write_big(path, args.mb)
-        print(f"1. one JSONL shard of {size / 2**20:.0f} MB, peak RSS of read_file in a fresh process")
-        streamed = peak_rss(path, tmp / "run", ReaderConfig().batch_bytes)
-        whole = peak_rss(path, tmp / "run", size * 2)
-        print(f"   batches of {ReaderConfig().batch_bytes >> 20} MB: {streamed['peak_kb'] / 1024:7.0f} MB "
-              f"(after imports {streamed['base_kb'] / 1024:.0f} MB, {streamed['docs']} docs)")
-        print(f"   whole shard at once: {whole['peak_kb'] / 1024:7.0f} MB (after imports {whole['base_kb'] / 1024:.0f} MB)")
-        print(f"   peak RSS streamed / whole shard: {streamed['peak_kb'] / whole['peak_kb']:.3f}; above imports: "
-              f"{(streamed['peak_kb'] - streamed['base_kb']) / (whole['peak_kb'] - whole['base_kb']):.3f}")
+        size = write_big(path, args.mb if not args.skip_memory else args.split_mb)
+        if not args.skip_memory:
+            print(f"1. one JSONL shard of {size / 2**20:.0f} MB, peak RSS of read_file in a fresh process")
+            streamed = peak_rss(path, tmp / "run", ReaderConfig().batch_bytes)
+            whole = peak_rss(path, tmp / "run", size * 2)
+            print(f"   batches of {ReaderConfig().batch_bytes >> 20} MB: {streamed['peak_kb'] / 1024:7.0f} MB "
+                  f"(after imports {streamed['base_kb'] / 1024:.0f} MB, {streamed['docs']} docs)")
+            print(f"   whole shard at once: {whole['peak_kb'] / 1024:7.0f} MB (after imports {whole['base_kb'] / 1024:.0f} MB)")
+            print(f"   peak RSS streamed / whole shard: {streamed['peak_kb'] / whole['peak_kb']:.3f}; above imports: "
+                  f"{(streamed['peak_kb'] - streamed['base_kb']) / (whole['peak_kb'] - whole['base_kb']):.3f}")
         if args.skip_split:
             return
         gz = tmp / "big.jsonl.gz"
         with open(path, "rb") as src, gzip.open(gz, "wb", compresslevel=6) as dst:
             dst.write(src.read(args.split_mb << 20))
-        started = time.perf_counter()
+        started = time.process_time()
         with gzip.open(gz, "rb") as f:
             while f.read1(1 << 20):
                 pass
-        decompress = time.perf_counter() - started
-        started = time.perf_counter()
+        decompress = time.process_time() - started
+        started = time.process_time()
         usize = uncompressed_size(str(gz))
-        measure = time.perf_counter() - started
+        measure = time.process_time() - started
         print(f"2. .jsonl.gz of {usize / 2**20:.0f} MB uncompressed ({gz.stat().st_size / 2**20:.0f} MB compressed)")
-        print(f"   gzip decompression alone {decompress:.2f} s ({usize / 2**20 / decompress:.0f} MB/s); "
+        print(f"   gzip decompression alone {decompress:.2f} CPU s ({usize / 2**20 / decompress:.0f} MB/s); "
               f"planner's measuring pass {measure:.2f} s")
         n1, t1 = read_all(plan_shards([str(gz)], usize + 1))
-        print(f"   one shard: {n1} records in {t1:.2f} s ({usize / 2**20 / t1:.0f} MB/s)")
+        print(f"   one shard: {n1} records in {t1:.2f} CPU s ({usize / 2**20 / t1:.0f} MB/s)")
+        quality = quality_seconds_per_mb(gz) * usize / 2**20
+        print(f"   the quality stage's chain on the same text: ~{quality:.1f} CPU s (from its first 4 MB)")
         for n in (4, 8, 16):
             shards = plan_shards([str(gz)], -(-usize // n))
             count, t = read_all(shards)
             assert count == n1, (count, n1)
-            print(f"   {len(shards):2d} shards: {t:.2f} s in all; total work / one shard: {t / t1:.2f}")
+            print(f"   {len(shards):2d} shards: {t:.2f} CPU s in all; total work / one shard: {t / t1:.2f}; "
+                  f"extra work / (read + quality): {(t - t1) / (t1 + quality):.3f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
