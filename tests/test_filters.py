@@ -161,6 +161,35 @@ def test_pii_redaction_counts_each_kind():
     assert step(plain) is None and plain.text == "In 2019 the price rose from 1500 to 1750 dollars, order no. 2024-118-77."
 
 
+PHONES = ["+44 20 7946 0958", "+49 30 123456", "+44 (0)20 7946 0958", "+49 (0)30 1234567", "+33 1 23 45 67 89",
+          "+41 44 668 18 00", "+31 6 12345678", "+1-800-555-0199", "0044 20 7946 0958", "020 7946 0958", "030 123456",
+          "030/123456", "(030) 1234567", "01.23.45.67.89", "06-12345678", "(415) 555-0132", "555-123-4567"]
+NOT_PHONES = ["In 2019 and 2020", "$1,299.00", "1.299,00 EUR", "€ 0,99", "ISBN 0-306-40615-2", "ISBN 978-3-16-148410-0",
+              "2023-01-15", "15.01.2023", "01.01.2023 12:00", "01/02/2023", "version 10.0.19041.1", "v0.9.2.4",
+              "pages 100-120", "order no. 2024-118-77", "+5 points", "+1,000 users", "0.5 mg", "from 09:30 to 17:00",
+              "reference 0123456789"]
+
+
+@pytest.mark.parametrize("number", PHONES)
+def test_pii_redacts_international_and_national_phone_formats(number):
+    step = PII(PIIConfig())
+    d = doc(f"Questions? Call {number} today.")
+    step(d)
+    assert d.text == "Questions? Call <PHONE> today." and step.stats["pii.phone"] == 1
+
+
+def test_pii_leaves_years_prices_isbns_dates_and_versions_alone():
+    step = PII(PIIConfig())
+    for text in NOT_PHONES:
+        d = doc(f"See {text} here.")
+        step(d)
+        assert d.text == f"See {text} here.", text
+    assert step.stats["pii.phone"] == 0
+    long_run = doc("+" + "1" * 5000 + "x")  # no catastrophic backtracking through long digit runs
+    step(long_run)
+    assert long_run.text.startswith("+111")
+
+
 def test_url_filter_blocklist_file_subdomains_and_substrings(tmp_path):
     blocklist = tmp_path / "domains.txt"
     blocklist.write_text("# adult and spam domains\ncasino-bonus.example\nspam.test\n")

@@ -11,12 +11,29 @@ from .base import Doc, Step
 EMAIL = re.compile(r"\b[\w.+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]|\.\d)")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-# International (+CC ...) or North-American style numbers with separators; bare digit runs (ids,
-# years, prices) are left alone.
+# Phone numbers written with separators, the way people write them:
+#   international  +CC, an optional (0) or (area), digit groups: +44 20 7946 0958, +49 (0)30 1234567
+#   national       trunk 0 (or 00 + country) and digit groups: 020 7946 0958, 030/123456, 01.23.45.67.89,
+#                  06-12345678, (030) 1234567, 0044 20 7946 0958
+#   North American (415) 555-0132, 555-123-4567
+# Bare digit runs (ids, years, prices) are left alone; a match that ends where a longer dotted or
+# dashed number goes on (dates, versions, ISBNs) is not one, and _phone_digits_ok bounds the digits.
+_GROUP = r"(?:\(0\)|\(\d{1,5}\)|\d++)"  # possessive: no backtracking through the ways to split a digit run
 PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]\d{2,4}){2,4}"
-    r"|\(\d{3}\)\s?\d{3}[\s.-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?!\w)"
+    r"(?<![\w+./-])(?:"
+    rf"\+\d{{1,3}}(?:[ .\-/]?{_GROUP}){{1,7}}"
+    r"|\(?0\d{1,4}+\)?(?:[ .\-/]\d{2,8}+){1,5}"
+    r"|\(\d{3}\)\s?\d{3}[\s.-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}"
+    r")(?![\w:]|[.,/-]\d)"
 )
+
+
+def _phone_digits_ok(match: re.Match) -> bool:
+    """E.164 allows at most 15 digits; a national number with its trunk 0 has 9 at least (8-digit
+    dotted dates such as 01.02.2023 are not phones), an international one 8 ((0) not counted)."""
+    text = match.group(0)
+    digits = sum(c.isdigit() for c in text) - text.count("(0)")
+    return (8 if text.startswith("+") else 9 if text.lstrip("(").startswith("0") else 10) <= digits <= 15
 
 
 def _valid_ip(match: re.Match) -> bool:
@@ -50,7 +67,7 @@ class PII(Step):
         text = self._sub(IPV4, "ip", cfg.ip, text, _valid_ip)
         if "::" in text or text.count(":") >= 7:
             text = self._sub(IPV6, "ip", cfg.ip, text, _valid_ip)
-        text = self._sub(PHONE, "phone", cfg.phone, text)
+        text = self._sub(PHONE, "phone", cfg.phone, text, _phone_digits_ok)
         if text != doc.text:
             doc.text = text
         return None
