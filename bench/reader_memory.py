@@ -8,7 +8,8 @@
    reader did before batching). The process's RSS after imports is printed too.
 2. Splitting a .jsonl.gz: wall time of reading all its records as one shard vs as n shards read one
    after the other in this process (each shard decompresses from the start and skips to its range,
-   so the total is the work n parallel tasks would do), the planner's measuring pass, and gzip
+   so the total is the work n parallel tasks would do), or each shard seeks with a gzip index
+   (indexed_gzip) built by the planner, the planner's measuring pass, and gzip
    decompression alone; CPU seconds of this process (wall time on a shared machine is mostly waiting).
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ def peak_rss(path: Path, run: Path, batch: int) -> dict:
 def read_all(shards: list[dict]) -> tuple[int, float]:
     """Records and CPU seconds of this process (the machine is shared: wall time is mostly waiting)."""
     started = time.process_time()
-    n = sum(1 for s in shards for _ in read_records(s["url"], ReaderConfig(), s["start"], s["end"]))
+    n = sum(1 for s in shards for _ in read_records(s["url"], ReaderConfig(), s["start"], s["end"], s.get("index")))
     return n, time.process_time() - started
 
 
@@ -123,7 +124,7 @@ def main() -> None:
                 pass
         decompress = time.process_time() - started
         started = time.process_time()
-        usize = uncompressed_size(str(gz))
+        usize = uncompressed_size(str(gz))[0]
         measure = time.process_time() - started
         print(f"2. .jsonl.gz of {usize / 2**20:.0f} MB uncompressed ({gz.stat().st_size / 2**20:.0f} MB compressed)")
         print(f"   gzip decompression alone {decompress:.2f} CPU s ({usize / 2**20 / decompress:.0f} MB/s); "
@@ -133,11 +134,15 @@ def main() -> None:
         quality = quality_seconds_per_mb(gz) * usize / 2**20
         print(f"   the quality stage's chain on the same text: ~{quality:.1f} CPU s (from its first 4 MB)")
         for n in (4, 8, 16):
-            shards = plan_shards([str(gz)], -(-usize // n))
-            count, t = read_all(shards)
-            assert count == n1, (count, n1)
-            print(f"   {len(shards):2d} shards: {t:.2f} CPU s in all; total work / one shard: {t / t1:.2f}; "
-                  f"extra work / (read + quality): {(t - t1) / (t1 + quality):.3f}")
+            for index_dir in (None, tmp / f"index-{n}"):
+                started = time.process_time()
+                shards = plan_shards([str(gz)], -(-usize // n), index_dir=index_dir and str(index_dir))
+                plan = time.process_time() - started
+                count, t = read_all(shards)
+                assert count == n1, (count, n1)
+                how = "seek index" if index_dir else "skipping  "
+                print(f"   {len(shards):2d} shards, {how}: {t:.2f} CPU s in all (planning {plan:.2f} s); total work / one shard: "
+                      f"{t / t1:.2f}; extra work / (read + quality): {(t - t1) / (t1 + quality):.3f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

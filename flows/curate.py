@@ -63,7 +63,7 @@ def read_settings(config: RunConfig) -> dict:
 
 def read_stage(config: RunConfig) -> dict:
     cfg, run_dir = config.curate, config.run_dir
-    shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes)
+    shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes, io.join(run_dir, "read", "_index"))
     calls = [dict(**s, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, s in enumerate(shards)]
     stats = finish_stage(run_dir, "read", _mapper(config)(read_file, calls, "read", stage="read"))
     for e in stats["errors"]:

@@ -26,6 +26,7 @@ import fsspec
 
 from .config import ReaderConfig
 from .documents import docs_table
+from . import io as iofs
 from .io import fs_path
 from .stages import PartWriter
 
@@ -76,15 +77,17 @@ SPLIT_COMPRESSIONS = (".gz", ".zst")  # bz2 decompresses too slowly to skip thro
 MIN_EXPANSION = 8  # a compressed file smaller than shard_bytes / this is not measured: it is one shard anyway, likely
 
 
-def plan_shards(files: list[str], shard_bytes: int) -> list[dict]:
+def plan_shards(files: list[str], shard_bytes: int, index_dir: str | None = None) -> list[dict]:
     """Work units of about `shard_bytes` of (uncompressed) input each: JSONL split into byte ranges,
     Parquet into row-group ranges, anything else one unit per file.
 
     A .gz/.zst JSONL file is split by ranges of its uncompressed bytes: planning decompresses it once
     to measure it (exact for multi-member gzip, several zstd frames and any size, where the gzip
-    trailer holds only the last member's size mod 4 GiB), and each shard's reader decompresses from
-    the start and skips to its range. The last shard is open-ended, so a file that ends early is read
-    (and its truncation reported) exactly as if it were one shard."""
+    trailer holds only the last member's size mod 4 GiB). With `index_dir`, a second pass saves a
+    seek index of a complete .gz (indexed_gzip: the inflate window every `shard_bytes`) there, and
+    each shard starts decompressing at the index point before its range; otherwise (and for .zst) a
+    shard decompresses from the start and skips to its range. The last shard is open-ended, so a file that
+    ends early is read (and its truncation reported) exactly as if it were one shard."""
     shards: list[dict] = []
     for url in files:
         fmt, lower = format_of(url), url.lower()
@@ -105,10 +108,14 @@ def plan_shards(files: list[str], shard_bytes: int) -> list[dict]:
                 if meta.num_row_groups:
                     continue
             if fmt == "jsonl" and lower.endswith(SPLIT_COMPRESSIONS) and size * MIN_EXPANSION > shard_bytes:
-                size = uncompressed_size(url)
+                size, complete = uncompressed_size(url)
+                # indexed_gzip reads a truncated file without an error: such a file's shards skip, and report it
+                index = gzip_index(url, index_dir, shard_bytes) if index_dir and complete and lower.endswith(".gz") else None
                 bounds = list(range(0, size, shard_bytes)) or [0]
                 shards += [{"url": url, "start": s, "end": s + shard_bytes} for s in bounds[:-1]]
                 shards.append({"url": url, "start": bounds[-1], "end": None})
+                for shard in shards[len(shards) - len(bounds):] if index else ():
+                    shard["index"] = index["url"]
                 continue
             if fmt in ("warc", "wet") and size > shard_bytes and warc_split_points(url):
                 shards += [{"url": url, "start": s, "end": s + shard_bytes} for s in range(0, size, shard_bytes)]
@@ -125,15 +132,51 @@ def plan_shards(files: list[str], shard_bytes: int) -> list[dict]:
     return shards
 
 
-def uncompressed_size(url: str) -> int:
-    """Bytes a compressed file decompresses to, counted by decompressing it; up to where it breaks
-    off when it is truncated or corrupt (the shard reading that far reports the error)."""
+def gzip_index(url: str, index_dir: str, spacing: int) -> dict | None:
+    """A seek index of a gzip file (indexed_gzip), saved under `index_dir` and reused while the file
+    keeps its size: {"url": index file, "size": uncompressed bytes}. None when the file cannot be
+    indexed (truncated, corrupt): its shards then skip through the stream instead."""
+    import hashlib
+
+    import indexed_gzip
+
+    fs, path = fs_path(url)
+    name = f"{posixpath.basename(url)}.{hashlib.sha1(url.encode()).hexdigest()[:12]}"
+    index_url, meta_url = posixpath.join(index_dir, name + ".gzidx"), posixpath.join(index_dir, name + ".json")
+    source_bytes = fs.size(path)
+    if iofs.exists(meta_url) and iofs.exists(index_url):
+        meta = iofs.read_json(meta_url)
+        if meta.get("source_bytes") == source_bytes:
+            return {"url": index_url, "size": meta["size"]}
+    try:
+        with fs.open(path, "rb") as raw:
+            gz = indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=max(spacing, 1 << 20))  # zran needs >= 1 MB or so
+            try:
+                gz.build_full_index()
+                size = gz.seek(0, 2)
+                iofs.atomic_write(index_url, lambda f: gz.export_index(fileobj=f))
+            finally:
+                gz.close()
+    except (ConnectionError, TimeoutError):
+        raise
+    except Exception:  # noqa: BLE001 - truncated or corrupt: the shards skip instead, the reader reports it
+        return None
+    iofs.write_json(meta_url, {"size": size, "source_bytes": source_bytes})  # last: the index is complete
+    return {"url": index_url, "size": size}
+
+
+def uncompressed_size(url: str) -> tuple[int, bool]:
+    """(bytes a compressed file decompresses to, whether it decompressed to its end), counted by
+    decompressing it; a truncated or corrupt file counts up to where it breaks off (the shard reading
+    that far reports the error)."""
     size = 0
-    with contextlib.suppress(EOFError, OSError, ValueError):
+    try:
         with _open_stream(url) as f:
             while chunk := f.read1(1 << 20):  # read1: what one step decompressed, so a cut loses little
                 size += len(chunk)
-    return size
+    except (EOFError, OSError, ValueError):
+        return size, False
+    return size, True
 
 
 def _base(url: str, key: str) -> dict:
@@ -218,9 +261,20 @@ class _ZstdReader(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def _open_stream(url: str):
-    """A binary stream with readline(), decompressed by extension."""
-    if url.lower().endswith(".zst"):
+def _open_stream(url: str, index: str | None = None):
+    """A binary stream with readline(), decompressed by extension; seekable for a gzip file with an
+    `index` (gzip_index)."""
+    if index:
+        import indexed_gzip
+
+        with fsspec.open(url, "rb") as raw, fsspec.open(index, "rb") as index_file:
+            gz = indexed_gzip.IndexedGzipFile(fileobj=raw, auto_build=False)
+            try:
+                gz.import_index(fileobj=index_file)
+                yield gz
+            finally:
+                gz.close()
+    elif url.lower().endswith(".zst"):
         with fsspec.open(url, "rb") as raw:
             yield io.BufferedReader(_ZstdReader(raw), 1 << 20)
     else:
@@ -228,13 +282,14 @@ def _open_stream(url: str):
             yield f
 
 
-def read_jsonl(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
+def read_jsonl(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None,
+               index: str | None = None) -> Iterator[Record]:
     """Records of the lines of a JSONL file that start in [start, end) (byte offsets of the
-    uncompressed text; end None: to the end of the file)."""
-    with _open_stream(url) as f:
+    uncompressed text; end None: to the end of the file); `index`: a gzip file's seek index."""
+    with _open_stream(url, index) as f:
         pos = start
         if start:
-            if url.lower().endswith(COMPRESSIONS):
+            if url.lower().endswith(COMPRESSIONS) and not index:
                 _skip(f, start - 1)  # a decompressing stream cannot seek: decompress up to the range
             else:
                 f.seek(start - 1)
@@ -428,12 +483,13 @@ def read_wet(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None
 READERS = {"jsonl": read_jsonl, "parquet": read_parquet_rows, "text": read_text, "warc": read_warc, "wet": read_wet}
 
 
-def read_records(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
+def read_records(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None,
+                 index: str | None = None) -> Iterator[Record]:
     """Records of one shard; a file that fails to open or ends early becomes a rejected record."""
     fmt = format_of(url) or "jsonl"
     last = None
     try:
-        for record in READERS[fmt](url, cfg, start, end):
+        for record in READERS[fmt](url, cfg, start, end, **({"index": index} if index else {})):
             last = record.offset
             yield record
     except (ConnectionError, TimeoutError):
@@ -444,7 +500,8 @@ def read_records(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = 
         yield _error_record(url, f"!{start if last is None else last}", reason, f"{type(e).__name__}: {e}")
 
 
-def read_file(url: str, shard: int, run_dir: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> dict:
+def read_file(url: str, shard: int, run_dir: str, cfg: ReaderConfig, start: int = 0, end: int | None = None,
+              index: str | None = None) -> dict:
     """The read stage for one shard of an input file: its records become part `shard` of <run>/read,
     written in batches of about `cfg.batch_bytes` of text, so memory is bounded by a batch, not the shard."""
     writer = PartWriter(run_dir, "read", shard)
@@ -457,7 +514,7 @@ def read_file(url: str, shard: int, run_dir: str, cfg: ReaderConfig, start: int 
         batch.clear()
 
     try:
-        for record in read_records(url, cfg, start, end):
+        for record in read_records(url, cfg, start, end, index):
             if record.reason in FILE_ERRORS:
                 errors.append({"path": url, "offset": record.offset, "reason": record.reason,
                                "error": json.loads(record.doc["meta"])["error"]})

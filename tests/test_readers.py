@@ -167,9 +167,9 @@ def test_read_file_writes_kept_and_rejected_parts_and_reports_file_errors(tmp_pa
         read_file(str(broken), 5, run, ReaderConfig(strict=True))
 
 
-def _split_read(path, shard_bytes):
-    shards = plan_shards([str(path)], shard_bytes=shard_bytes)
-    return shards, [r for s in shards for r in read_records(s["url"], CFG, s["start"], s["end"])]
+def _split_read(path, shard_bytes, index_dir=None):
+    shards = plan_shards([str(path)], shard_bytes=shard_bytes, index_dir=index_dir)
+    return shards, [r for s in shards for r in read_records(s["url"], CFG, s["start"], s["end"], s.get("index"))]
 
 
 def test_compressed_jsonl_is_split_into_uncompressed_byte_ranges_with_the_same_records(tmp_path):
@@ -183,11 +183,13 @@ def test_compressed_jsonl_is_split_into_uncompressed_byte_ranges_with_the_same_r
         path = tmp_path / name
         path.write_bytes(data)
         whole = [(r.doc, r.reason) for r in read_records(str(path), CFG)]
-        shards, pieces = _split_read(path, 4000)
-        assert len(shards) == -(-len(plain) // 4000) >= 3 and shards[-1]["end"] is None
-        # boundaries fall inside records: each record is read once, by the shard it starts in
-        assert any(plain[s["start"] - 1:s["start"]] != b"\n" for s in shards[1:])
-        assert [(r.doc, r.reason) for r in pieces] == whole, name
+        for index_dir in (None, str(tmp_path / "index")):  # .gz with an index: shards seek instead of skipping
+            shards, pieces = _split_read(path, 4000, index_dir)
+            assert len(shards) == -(-len(plain) // 4000) >= 3 and shards[-1]["end"] is None
+            assert all("index" in s for s in shards) == (index_dir is not None and name.endswith(".gz"))
+            # boundaries fall inside records: each record is read once, by the shard it starts in
+            assert any(plain[s["start"] - 1:s["start"]] != b"\n" for s in shards[1:])
+            assert [(r.doc, r.reason) for r in pieces] == whole, (name, index_dir)
         assert len(whole) == 121 and whole[0][0]["id"] == f"{name}@0"
         assert whole[-1][1] == "read.invalid_json" and whole[-1][0]["id"] == f"{name}@{plain.index(b'{broken')}"
 
@@ -198,8 +200,9 @@ def test_a_truncated_compressed_file_split_in_shards_reports_the_cut_once_with_p
                        (tmp_path / "cut.jsonl.zst", zstandard.ZstdCompressor().compress(lines))):
         path.write_bytes(data[: len(data) * 2 // 3])
         whole = [(r.doc, r.reason) for r in read_records(str(path), CFG)]
-        shards, pieces = _split_read(path, 10_000)
-        assert len(shards) >= 3 and [(r.doc, r.reason) for r in pieces] == whole
+        shards, pieces = _split_read(path, 10_000, str(tmp_path / "index"))  # cannot be indexed: shards skip
+        assert len(shards) >= 3 and not any("index" in s for s in shards)
+        assert [(r.doc, r.reason) for r in pieces] == whole
         cut = [r for r in pieces if r.reason == "read.truncated"]
         assert len(cut) == 1 and cut[0].doc["source"] == str(path) and cut[0].offset == pieces[-2].offset
         assert "Error" in json.loads(cut[0].doc["meta"])["error"]
