@@ -22,13 +22,13 @@ def write_job(cfg: TrainConfig, tokens_dir: str, out_dir: str) -> Path:
     return path
 
 
-def command(cfg: TrainConfig, job_path: Path) -> list[str]:
-    """argv (never a shell string) that starts every rank of the job."""
+def command(cfg: TrainConfig, job_path: Path, module: str = "training.train") -> list[str]:
+    """argv (never a shell string) that starts every rank of the job (`python -m MODULE --job JOB.json`)."""
     if cfg.hostfile:
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", cfg.hostfile,
-                "--module", "training.train", "--job", str(job_path)]
+                "--module", module, "--job", str(job_path)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
-            "-m", "training.train", "--job", str(job_path)]
+            "-m", module, "--job", str(job_path)]
 
 
 def environment(cfg: TrainConfig) -> dict[str, str]:
@@ -48,13 +48,20 @@ class JobFailed(RuntimeError):
 
 
 def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[str], None] = print) -> dict:
-    """Run the job to the end, appending its output to out_dir/train.log and passing each line to
-    `on_line`; return its summary, or raise JobFailed with the last lines of its output."""
+    """Run the training job to the end, appending its output to out_dir/train.log and passing each
+    line to `on_line`; return its summary, or raise JobFailed with the last lines of its output."""
     job = write_job(cfg, tokens_dir, out_dir)
-    argv = command(cfg, job)
+    return run_module("training.train", cfg, job, out_dir, "train.log", on_line)
+
+
+def run_module(module: str, cfg: TrainConfig, job: Path, out_dir: str, log_name: str,
+               on_line: Callable[[str], None] = print) -> dict:
+    """Launch `python -m MODULE --job JOB` on cfg.nproc processes (or cfg.hostfile's nodes), the way
+    the training job is; the module writes out_dir/summary.json when it succeeds."""
+    argv = command(cfg, job, module)
     on_line("launching: " + " ".join(argv))
     tail: deque[str] = deque(maxlen=40)
-    log_path = Path(out_dir) / "train.log"
+    log_path = Path(out_dir) / log_name
     with open(log_path, "a") as log, subprocess.Popen(
         argv, env=environment(cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, text=True, bufsize=1,
@@ -63,7 +70,7 @@ def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[
             for line in proc.stdout:
                 log.write(line)
                 tail.append(line.rstrip())
-                # Progress and results go on; library chatter stays in train.log.
+                # Progress and results go on; library chatter stays in the log.
                 if line.startswith(("step ", "model:", "resumed", "done:")):
                     on_line(line.rstrip())
         except BaseException:  # stopped (SIGTERM, Ctrl-C, task cancelled): stop every rank too
@@ -72,6 +79,6 @@ def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[
     if proc.returncode != 0:
         errors = [line for line in tail if "Error" in line or "error:" in line]
         cause = errors[-1] if errors else tail[-1] if tail else "no output"
-        raise JobFailed(f"training job failed (exit code {proc.returncode}): {cause}\n"
+        raise JobFailed(f"{module} job failed (exit code {proc.returncode}): {cause}\n"
                         f"last lines:\n" + "\n".join(tail) + f"\nfull log: {log_path}")
     return json.loads((Path(out_dir) / "summary.json").read_text())
