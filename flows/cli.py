@@ -72,7 +72,7 @@ def _execute(cfg: RunConfig, flow_name: str) -> dict:
 
     with prefect_api(cfg.prefect.host, cfg.prefect.keep_server, cfg.prefect.startup_timeout_s) as api:
         console.print(f"Prefect API: {api.url}" + ("" if api.pid is None else f" (local server, pid {api.pid})"))
-        from . import curate, end_to_end, evaluate, train
+        from . import curate, end_to_end, evaluate, finetune, train
 
         flows = {
             "run": end_to_end.end_to_end,
@@ -80,6 +80,7 @@ def _execute(cfg: RunConfig, flow_name: str) -> dict:
             "dedup": curate.dedup_on_ray,
             "train": train.train,
             "evaluate": evaluate.evaluate,
+            "finetune": finetune.finetune,
         }
         try:
             result = flows[flow_name](cfg)
@@ -108,11 +109,26 @@ def _print_summary(cfg: RunConfig) -> None:
         table.add_row(label, value)
     console.print(table)
     _print_funnel(cfg.run_dir)
+    _print_finetune(cfg.run_dir)
     console.print(f"Outputs: {cfg.run_dir}")
-    for name, what in (("dedup", "deduplicated"), ("tokens/manifest.json", "token shards"), ("train/model.safetensors", "model weights"),
+    for name, what in (("dedup", "deduplicated"), (f"finetune/{cfg.finetune.task}/metrics.json", "fine-tune metrics"), ("tokens/manifest.json", "token shards"), ("train/model.safetensors", "model weights"),
                        ("train/metrics.jsonl", "training metrics"), ("report.md", "report")):
         if io.exists(io.join(cfg.run_dir, name)):
             console.print(f"  {what:15s} {cfg.run_dir}/{name}")
+
+
+def _print_finetune(run_dir: str) -> None:
+    from pipeline import io
+
+    for url in sorted(io.list_files(io.join(run_dir, "finetune"), "*/metrics.json")):
+        m = io.read_json(url)
+        table = Table(title=f"fine-tune {m['task']}: held-out {m['heldout_docs']} docs (trained on {m['train_docs']})")
+        for col in ("model", "accuracy", "macro P", "macro R", "macro F1", *(f"F1 {label}" for label in m["labels"])):
+            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+        for name, r in m["models"].items():
+            table.add_row(name, *(f"{r[k]:.3f}" for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")),
+                          *(f"{r['per_class'][label]['f1']:.3f}" for label in m["labels"]))
+        console.print(table)
 
 
 def _print_funnel(run_dir: str) -> None:
@@ -181,6 +197,18 @@ def evaluate_cmd(run_id: str = typer.Option(..., "--run-id", help="the run whose
     _execute(_config(config, run_id, output_dir, None, keep_server, set_), "evaluate")
 
 
+@app.command("finetune")
+def finetune_cmd(run: str = typer.Argument(..., help="run id (under --output-dir) or a run directory with a trained model"),
+                 task: Optional[str] = typer.Option(None, "--task", help="dclm-quality (bundled), or a name for finetune.data_file"),
+                 config: Optional[str] = ConfigOpt, output_dir: Optional[str] = OutOpt, keep_server: bool = KeepOpt,
+                 set_: Optional[List[str]] = SetOpt):
+    """Fine-tune the run's pretrained model as a classifier (DeepSpeed), next to random init and the majority class."""
+    run_path = Path(run)
+    if run_path.is_dir() and (run_path / "train").is_dir():
+        output_dir, run = str(run_path.resolve().parent), run_path.resolve().name
+    _execute(_config(config, run, output_dir, None, keep_server, set_, **{"finetune.task": task}), "finetune")
+
+
 @app.command()
 def compare(run_ids: List[str] = typer.Argument(..., help="run ids (under --output-dir) or run directories"),
             output_dir: Optional[str] = OutOpt,
@@ -209,7 +237,7 @@ def _prefect(*args: str, **kwargs) -> subprocess.CompletedProcess:
 @app.command()
 def deploy(pool: str = typer.Option("tokenmill", help="process work pool the deployments use (created if missing)"),
            prefect_file: Path = typer.Option(REPO / "infra" / "prefect" / "prefect.yaml", help="deployment definitions")):
-    """Create the Prefect deployments (curate, train, evaluate, end-to-end) on PREFECT_API_URL's server."""
+    """Create the Prefect deployments (curate, train, evaluate, finetune, end-to-end) on PREFECT_API_URL's server."""
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[red]PREFECT_API_URL is not set:[/red] deployments live on a running Prefect server "
                       "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api)")

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import CurateConfig
-from training.config import EvalConfig, TrainConfig
+from training.config import EvalConfig, FinetuneConfig, TrainConfig
 
 
 class RayConfig(BaseModel):
@@ -43,6 +43,7 @@ class RunConfig(BaseModel):
     curate: CurateConfig = CurateConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     ray: RayConfig = RayConfig()
     prefect: PrefectConfig = PrefectConfig()
 

@@ -1,4 +1,4 @@
-"""The whole DAG: curate (on Ray) -> train (DeepSpeed job) -> evaluate."""
+"""The whole DAG: curate (on Ray) -> train (DeepSpeed job) -> evaluate [-> finetune, with finetune.in_run]."""
 from __future__ import annotations
 
 from prefect import flow
@@ -6,6 +6,7 @@ from prefect import flow
 from .config import RunConfig
 from .curate import curate
 from .evaluate import evaluate
+from .finetune import finetune
 from .runtime import ray_task_runner
 from .train import train
 
@@ -16,4 +17,7 @@ def end_to_end(config: RunConfig) -> dict:
     curated = curate.with_options(task_runner=ray_task_runner(config.ray))(config)
     trained = train(config)
     evaluated = evaluate(config)
-    return {"curate": curated, "train": trained, "eval": evaluated}
+    result = {"curate": curated, "train": trained, "eval": evaluated}
+    if config.finetune.in_run:
+        result["finetune"] = finetune(config)
+    return result

@@ -54,3 +54,36 @@ class EvalConfig(_Section):
     max_new_tokens: int = 40
     temperature: float = Field(0.8, gt=0, description="for the sampled generations (the others are greedy)")
     top_k: int | None = 40
+
+
+class FinetuneConfig(_Section):
+    """`tokenmill finetune`: a sequence classifier on the run's pretrained model, next to the same
+    architecture from random init and a majority-class baseline."""
+
+    task: str = Field("dclm-quality", description="a bundled task (dclm-quality), or any name with data_file set")
+    data_file: str | None = Field(None, description="JSONL of {text_key, label_key} records; default: the task's bundled file")
+    text_key: str = "text"
+    label_key: str = "label"
+    labels: list[str] | None = Field(None, description="label names; an integer label i means labels[i] (default: the task's)")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="of each label, held out for the metrics (stratified)")
+    seed: int = 1234
+    epochs: int = Field(4, ge=1)
+    max_len: int | None = Field(None, ge=8, description="tokens read per document (the rest is cut); default: the model's seq_len")
+    micro_batch: int = Field(8, ge=1)
+    lr: float = 3e-4
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    nproc: int = Field(2, ge=1, description="data-parallel processes on this node")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
+    threads_per_proc: int | None = Field(None, description="CPU threads per process (default: cores / nproc)")
+    in_run: bool = Field(False, description="`tokenmill run` fine-tunes after evaluate")
+
+    def train_config(self, max_steps: int) -> TrainConfig:
+        """The DeepSpeed job settings, in the training job's terms (same launcher, same ds_config)."""
+        return TrainConfig(zero_stage=self.zero_stage, precision=self.precision, nproc=self.nproc, hostfile=self.hostfile,
+                           micro_batch=self.micro_batch, max_steps=max_steps, lr=self.lr, min_lr_ratio=0.0,
+                           warmup_steps=max(1, int(self.warmup_ratio * max_steps)), weight_decay=self.weight_decay,
+                           grad_clip=self.grad_clip, seed=self.seed, threads_per_proc=self.threads_per_proc)

@@ -1,0 +1,63 @@
+"""The finetune flow: a classifier fine-tuned from the run's pretrained model (a DeepSpeed job, next to
+the same architecture from random init and a majority baseline), its held-out metrics as a Prefect
+table artifact, a finetune/_stats.json over every task fine-tuned in the run, and the report updated."""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from pipeline import io
+from training.finetune import run_finetune
+
+from .config import RunConfig
+from .report import render_report
+from .runtime import stage
+
+
+@task(name="deepspeed-finetune-job")
+def finetune_job(config: RunConfig) -> dict:
+    return run_finetune(config.finetune, config.run_dir, on_line=get_run_logger().info)
+
+
+def summarize_tasks(run_dir: str) -> dict:
+    """finetune/_stats.json: per task fine-tuned in this run, its sizes and each model's accuracy and macro F1."""
+    tasks = {}
+    for url in sorted(io.list_files(io.join(run_dir, "finetune"), "*/metrics.json")):
+        m = io.read_json(url)
+        tasks[m["task"]] = {"labels": m["labels"], "train_docs": m["train_docs"], "heldout_docs": m["heldout_docs"],
+                            "models": {name: {k: v[k] for k in ("accuracy", "macro_f1")} for name, v in m["models"].items()}}
+    summary = {"tasks": tasks}
+    io.write_json(io.join(run_dir, "finetune", "_stats.json"), summary)
+    return summary
+
+
+def metrics_rows(metrics: dict) -> list[dict]:
+    """One artifact row per model: accuracy, macro and per-class F1."""
+    rows = []
+    for name, m in metrics["models"].items():
+        row = {"model": name, **{k: round(m[k], 4) for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")}}
+        row.update({f"f1 {label}": round(c["f1"], 4) for label, c in m["per_class"].items()})
+        rows.append(row)
+    return rows
+
+
+@flow(name="finetune", log_prints=True)
+def finetune(config: RunConfig) -> dict:
+    run_dir, name = config.run_dir, config.finetune.task
+    out = io.join(run_dir, "finetune", name)
+
+    def job():
+        finetune_job(config)
+        io.mark_done(out)
+        return io.read_json(io.join(out, "_stats.json"))
+
+    stage(run_dir, f"finetune/{name}", job)
+    metrics = io.read_json(io.join(out, "metrics.json"))
+    summarize_tasks(run_dir)
+    key = f"finetune-{config.run_id}-{name}".lower().replace("_", "-")
+    create_table_artifact(metrics_rows(metrics), key="".join(c if c.isalnum() or c == "-" else "-" for c in key),
+                          description=f"fine-tune {name}: held-out metrics ({metrics['heldout_docs']} documents, "
+                          f"{metrics['train_docs']} trained on) of the pretrained model, the same model from random init "
+                          "and the majority class")
+    io.write_bytes(io.join(run_dir, "report.md"), render_report(run_dir).encode())
+    return metrics

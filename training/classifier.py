@@ -1,0 +1,105 @@
+"""A sequence classifier on the pretrained decoder: its final hidden states, mean-pooled over the
+document's tokens, into a linear head. Saved as model.safetensors + classifier.json + tokenizer.json,
+a directory that scores raw text on its own (the curate flow's model-based quality filter uses it).
+
+Mean pooling rather than the last token: a small causal LM's last position is shaped by predicting
+the next token from local context, while the mean over every position is a steadier document
+feature after a short fine-tune (and does not depend on where truncation cut the document).
+Documents are right-padded; the attention is causal, so real tokens never see the padding and only
+the pooling needs the mask.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from pipeline import io
+from pipeline.tokenize import EOS
+
+from .model import ModelConfig, Transformer
+
+CONFIG = "classifier.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+
+
+class SequenceClassifier(nn.Module):
+    def __init__(self, body: Transformer, num_labels: int):
+        super().__init__()
+        self.body = body
+        # A classifier reads hidden states, not next-token logits; an untied LM head would be
+        # parameters without gradients for the optimizer to carry.
+        body.lm_head = nn.Identity()
+        self.head = nn.Linear(body.cfg.d_model, num_labels)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_labels) of right-padded token ids (B, T); mask is 1 on real tokens."""
+        hidden = self.body.hidden_states(idx)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.head(pooled)
+
+
+def encode(tokenizer: Tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded token ids (N, max_len) and lengths (N,): the first max_len tokens of each text
+    (an empty text is one end-of-text token, so every row has something to pool)."""
+    eos = tokenizer.token_to_id(EOS)
+    ids = np.full((len(texts), max_len), eos, dtype=np.int64)
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    for i, enc in enumerate(tokenizer.encode_batch(texts)):
+        row = enc.ids[:max_len] or [eos]
+        ids[i, : len(row)] = row
+        lengths[i] = len(row)
+    return ids, lengths
+
+
+@torch.no_grad()
+def predict_proba(model: SequenceClassifier, ids: np.ndarray, lengths: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Class probabilities (N, num_labels); each batch is cut to its longest document."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(ids), batch_size):
+        n = lengths[i : i + batch_size]
+        batch = torch.from_numpy(ids[i : i + batch_size, : int(n.max())]).to(device)
+        mask = torch.arange(batch.shape[1], device=device)[None, :] < torch.from_numpy(n).to(device)[:, None]
+        out.append(torch.softmax(model(batch, mask).float(), -1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.head.out_features), dtype=np.float32)
+
+
+def save_classifier(state: dict[str, torch.Tensor], out_dir: str | Path, meta: dict) -> None:
+    """Weights (safetensors, fp32) and classifier.json: labels, max_len, pooling, the body's ModelConfig,
+    the tokenizer file beside it and where the body was pretrained."""
+    out_dir = Path(out_dir)
+    tensors = {k: v.detach().float().cpu().clone().contiguous() for k, v in state.items()}
+    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    io.write_json(str(out_dir / CONFIG), meta)
+
+
+class Classifier:
+    """A saved classifier, ready to score raw text."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu"):
+        directory = Path(directory)
+        if not (directory / CONFIG).exists():
+            raise FileNotFoundError(f"{directory}: no {CONFIG}; expected the output directory of `tokenmill finetune` "
+                                    "(runs/<id>/finetune/<task>)")
+        self.meta = json.loads((directory / CONFIG).read_text())
+        self.labels: list[str] = self.meta["labels"]
+        self.max_len: int = self.meta["max_len"]
+        self.tokenizer = Tokenizer.from_file(str(directory / self.meta["tokenizer"]))
+        self.model = SequenceClassifier(Transformer(ModelConfig(**self.meta["model"])), len(self.labels))
+        self.model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        self.model.to(device).eval()
+
+    def proba(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
+        ids, lengths = encode(self.tokenizer, texts, self.max_len)
+        return predict_proba(self.model, ids, lengths, batch_size)
