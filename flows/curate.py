@@ -1,16 +1,18 @@
-"""The curate flow: read -> quality -> dedup (exact, then MinHash LSH) -> tokenizer -> token shards.
+"""The curate flow: read -> quality -> dedup (exact, then MinHash LSH) -> [quality model] -> tokenizer -> token shards.
 
 Thin wiring only: each task is a pipeline function, mapped over parts and run on Ray.
 """
 from __future__ import annotations
 
 import posixpath
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from pipeline import dedup, filters, funnel, io, readers, tokenize
 from pipeline.stages import finish_stage, finished, finished_part, shard_of, stage_parts
+from training import quality_model
 
 from .config import RunConfig
 from .runtime import ray_task_runner, run_mapped, stage
@@ -25,6 +27,7 @@ clusters = task(dedup.clusters, name="dedup-clusters", retries=1)
 drop_duplicates = task(dedup.drop_duplicates, name="dedup-drop", retries=1)
 train_tokenizer = task(tokenize.train_tokenizer, name="train-tokenizer", retries=1)
 tokenize_part = task(tokenize.tokenize_part, name="tokenize", retries=1)
+score_quality = task(quality_model.score_part, name="quality-model", retries=1)
 
 
 def _mapper(config: RunConfig):
@@ -113,6 +116,14 @@ def curate(config: RunConfig) -> dict:
         calls = [dict(part_url=p, run_dir=run_dir, cfg=cfg.quality) for p in stage_parts(run_dir, "read")]
         return finish_stage(run_dir, "quality", mapped(filter_part, calls, "quality", stage="quality"))
 
+    def quality_model_stage(source: str):
+        qm = cfg.quality_model
+        label, _ = quality_model.score_label(qm)  # a wrong path or label fails here, before any task runs
+        qm = qm.model_copy(update={"classifier": str(Path(qm.classifier).resolve()), "label": label})
+        calls = [dict(part_url=p, run_dir=run_dir, cfg=qm) for p in stage_parts(run_dir, source)]
+        return finish_stage(run_dir, quality_model.STAGE, mapped(score_quality, calls, "quality model", stage=quality_model.STAGE),
+                            classifier=qm.classifier, label=label, threshold=qm.threshold)
+
     def tokens(source: str):
         out = io.join(run_dir, "tokens")
         parts = stage_parts(run_dir, source)
@@ -137,6 +148,10 @@ def curate(config: RunConfig) -> dict:
     if cfg.dedup.exact or cfg.dedup.minhash:
         stats["dedup"] = stage(run_dir, "dedup", lambda: dedup_stage(config, last), {"source": last, "dedup": cfg.dedup.model_dump()})
         last = "dedup"
+    if cfg.quality_model.classifier:
+        stats[quality_model.STAGE] = stage(run_dir, quality_model.STAGE, lambda: quality_model_stage(last),
+                                           {"source": last, "quality_model": cfg.quality_model.model_dump()})
+        last = quality_model.STAGE
     stats["tokens"] = stage(run_dir, "tokens", lambda: tokens(last),
                             {"source": last, "tokenizer": cfg.tokenizer.model_dump(), "tokens": cfg.tokens.model_dump()})
     rows = funnel.load_funnel(run_dir)

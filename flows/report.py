@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pipeline import io
 
-DOC_STAGES = ("read", "quality", "dedup")
+DOC_STAGES = ("read", "quality", "dedup", "quality_model")
 
 
 def load_stats(run_dir: str) -> dict[str, dict]:

@@ -152,6 +152,16 @@ class TokensConfig(_Section):
     val_fraction: float = Field(0.05, gt=0, lt=1)
 
 
+class QualityModelConfig(_Section):
+    """Model-based quality filter (FineWeb-Edu / DCLM style): a classifier made by `tokenmill finetune`
+    scores every document that dedup kept; below `threshold` it is rejected (quality_model.low_score)."""
+
+    classifier: str | None = Field(None, description="a fine-tune output directory, e.g. runs/<id>/finetune/dclm-quality; unset: off")
+    label: str | None = Field(None, description="the label whose probability is the score (default: the classifier's last label)")
+    threshold: float = Field(0.5, ge=0, le=1)
+    batch_size: int = Field(16, ge=1)
+
+
 class CurateConfig(_Section):
     inputs: list[str] = Field(default_factory=lambda: [BUNDLED_CORPUS])
     reader: ReaderConfig = ReaderConfig()
@@ -159,3 +169,4 @@ class CurateConfig(_Section):
     dedup: DedupConfig = DedupConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokens: TokensConfig = TokensConfig()
+    quality_model: QualityModelConfig = QualityModelConfig()

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import io
-from .documents import DOC_SCHEMA, REJECTED_SCHEMA, rejected_table
+from .documents import doc_schema, rejected_schema, rejected_table
 
 
 MAX_ERRORS = 1000  # input errors (path, offset, error) listed in a stage's _stats.json
@@ -110,24 +110,25 @@ class PartWriter:
     rejected/<stage>/part-N.parquet, one row group per batch. `close()` puts both files in place
     and then writes the part's stats, its commit marker."""
 
-    def __init__(self, run_dir: str, stage: str, shard: int, started: float | None = None):
-        self.run_dir, self.stage, self.shard = run_dir, stage, shard
+    def __init__(self, run_dir: str, stage: str, shard: int, started: float | None = None, extra_fields: list[pa.Field] = ()):
+        self.run_dir, self.stage, self.shard, self.extra_fields = run_dir, stage, shard, list(extra_fields)
         self.started = time.perf_counter() if started is None else started
         name = part_name(shard) + ".parquet"
-        self.kept = io.ParquetAppender(io.join(run_dir, stage, name), DOC_SCHEMA)
-        self.rejected = io.ParquetAppender(io.join(run_dir, "rejected", stage, name), REJECTED_SCHEMA)
+        self.kept = io.ParquetAppender(io.join(run_dir, stage, name), doc_schema(extra_fields))
+        self.rejected = io.ParquetAppender(io.join(run_dir, "rejected", stage, name), rejected_schema(extra_fields))
         self.has_rejected = False
         self.totals: Counter = Counter()
         self.reasons, self.rejected_bytes, self.rejected_chars = Counter(), Counter(), Counter()
 
     def write(self, docs: pa.Table, reasons: list[str | None], duplicate_of: list[str | None] | None = None) -> None:
         keep = pa.array([r is None for r in reasons], pa.bool_())
-        kept = docs.filter(keep).select(DOC_SCHEMA.names)
+        kept = docs.filter(keep).select(self.kept.schema.names)
         drop_idx = [i for i, r in enumerate(reasons) if r is not None]
         rejected = rejected_table(
             docs.take(pa.array(drop_idx, pa.int64())),
             [reasons[i] for i in drop_idx],
             [duplicate_of[i] for i in drop_idx] if duplicate_of else None,
+            self.extra_fields,
         )
         try:
             if kept.num_rows:
@@ -183,12 +184,14 @@ def write_part(
     started: float | None = None,
     counters: dict[str, int] | None = None,
     extra: dict | None = None,
+    extra_fields: list[pa.Field] = (),
 ) -> dict:
     """A part written from one table (PartWriter with one batch); returns the part's stats.
 
     `counters` are the steps' own counts (lines removed, redactions, languages), summed per stage;
-    `extra` is kept in the part's stats as it is (e.g. the read stage's input errors)."""
-    writer = PartWriter(run_dir, stage, shard, started)
+    `extra` is kept in the part's stats as it is (e.g. the read stage's input errors);
+    `extra_fields` are columns of `docs` kept after the document contract's (e.g. `quality_score`)."""
+    writer = PartWriter(run_dir, stage, shard, started, extra_fields)
     writer.write(docs, reasons, duplicate_of)
     return writer.close(counters, extra)
 

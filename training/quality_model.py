@@ -1,0 +1,54 @@
+"""The model-based quality filter of the curate flow (as FineWeb-Edu and DCLM filter their crawls):
+a classifier from `tokenmill finetune` scores each document of a part; the score (the probability
+of the configured label) goes into a `quality_score` column, and a document scoring below the
+threshold is rejected as `quality_model.low_score`."""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline import io
+from pipeline.config import QualityModelConfig
+from pipeline.stages import shard_of, write_part
+
+from .classifier import CONFIG, Classifier
+
+STAGE = "quality_model"
+LOW_SCORE = "quality_model.low_score"
+SCORE = pa.field("quality_score", pa.float32())
+
+
+def score_label(cfg: QualityModelConfig) -> tuple[str, list[str]]:
+    """The label whose probability is the score, checked against the classifier's labels (cheap:
+    reads classifier.json only, so the flow can fail before it maps anything)."""
+    path = Path(cfg.classifier or "") / CONFIG
+    if not cfg.classifier or not path.exists():
+        raise FileNotFoundError(f"curate.quality_model.classifier: {path} not found; point it at the output directory "
+                                "of `tokenmill finetune` (runs/<id>/finetune/<task>)")
+    labels = json.loads(path.read_text())["labels"]
+    label = cfg.label or labels[-1]
+    if label not in labels:
+        raise ValueError(f"curate.quality_model.label {label!r} is not a label of {cfg.classifier} ({labels})")
+    return label, labels
+
+
+@functools.lru_cache(maxsize=2)  # a Ray worker scoring several parts loads the classifier once
+def _classifier(directory: str) -> Classifier:
+    return Classifier(directory)
+
+
+def score_part(part_url: str, run_dir: str, cfg: QualityModelConfig) -> dict:
+    """The quality_model stage for one part: kept and rejected rows both carry `quality_score`."""
+    started = time.perf_counter()
+    label, _ = score_label(cfg)
+    table = io.read_parquet(part_url)
+    classifier = _classifier(str(Path(cfg.classifier).resolve()))
+    scores = classifier.proba(table["text"].to_pylist(), cfg.batch_size)[:, classifier.labels.index(label)]
+    reasons = [LOW_SCORE if s < cfg.threshold else None for s in scores]
+    table = table.append_column(SCORE.name, pa.array(scores, SCORE.type))
+    return write_part(run_dir, STAGE, shard_of(part_url), table, reasons, started=started,
+                      counters={f"{STAGE}.scored": table.num_rows}, extra_fields=[SCORE])
