@@ -25,3 +25,13 @@ def test_unknown_keys_and_bad_values_fail_clearly():
 def test_default_run_id_is_generated():
     cfg = load_config().with_run_id()
     assert cfg.run_id and cfg.run_dir.endswith(cfg.run_id)
+
+
+def test_finetune_and_quality_model_sections():
+    cfg = load_config(None, ["finetune.task=topics", "finetune.labels=[news, sport]", "curate.quality_model.threshold=0.3"])
+    assert cfg.finetune.labels == ["news", "sport"] and not cfg.finetune.in_run
+    assert cfg.curate.quality_model.threshold == 0.3 and cfg.curate.quality_model.classifier is None  # off by default
+    with pytest.raises(ValidationError, match="task"):
+        load_config(None, ["finetune.task=../elsewhere"])  # the task names a directory under the run
+    steps = cfg.finetune.train_config(max_steps=40)
+    assert (steps.max_steps, steps.warmup_steps, steps.nproc, steps.zero_stage) == (40, 4, 2, 2)

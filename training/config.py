@@ -60,7 +60,9 @@ class FinetuneConfig(_Section):
     """`tokenmill finetune`: a sequence classifier on the run's pretrained model, next to the same
     architecture from random init and a majority-class baseline."""
 
-    task: str = Field("dclm-quality", description="a bundled task (dclm-quality), or any name with data_file set")
+    # The task name is a directory name under runs/<id>/finetune/.
+    task: str = Field("dclm-quality", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="a bundled task (dclm-quality), or any name with data_file set")
     data_file: str | None = Field(None, description="JSONL of {text_key, label_key} records; default: the task's bundled file")
     text_key: str = "text"
     label_key: str = "label"
