@@ -51,7 +51,8 @@ def finetune(config: RunConfig) -> dict:
         io.mark_done(out)
         return io.read_json(io.join(out, "_stats.json"))
 
-    stage(run_dir, f"finetune/{name}", job)
+    # A rerun with other fine-tune settings is refused rather than answered with the old metrics.
+    stage(run_dir, f"finetune/{name}", job, config.finetune.model_dump(exclude={"in_run"}))
     metrics = io.read_json(io.join(out, "metrics.json"))
     summarize_tasks(run_dir)
     key = f"finetune-{config.run_id}-{name}".lower().replace("_", "-")
