@@ -52,7 +52,11 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
         assert "Completed" in triggered.stdout
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a loaded machine can outlast the worker's graceful shutdown
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
 
     assert (tmp_path / "runs" / "deployed" / "report.md").exists()
     assert (tmp_path / "runs" / "deployed" / "eval" / "_SUCCESS").exists()
