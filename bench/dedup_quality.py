@@ -61,7 +61,7 @@ def load_corpus() -> list[str]:
 
 
 def is_cjk(text: str) -> bool:
-    return bool(dedup.no_space_script(dedup.normalize_batch(pa.array([text])))[0])
+    return bool(dedup.no_space_script(pa.array([text]))[0])
 
 
 def shingles(text: str, cfg: DedupConfig) -> set[str]:

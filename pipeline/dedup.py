@@ -13,10 +13,9 @@ partition's size (partitions are added as the corpus grows, see num_partitions);
 holds something corpus-wide: the ids of duplicate documents. The kept representative of every
 cluster is its lowest id, whatever order tasks ran in and however many partitions there are.
 
-Signatures are computed for a whole batch at once: pyarrow normalises and splits, each distinct
-word is hashed once, n-gram hashes come from numpy arithmetic over the flat token array, and the
-`num_perm` permutations are one matrix operation reduced per document with np.minimum.reduceat.
-They equal datasketch's `MinHash(num_perm, seed)` (its default affine32 scheme) fed the same
+Normalisation, shingles and signatures are computed for a whole batch at once by the compiled
+kernels of pipeline/minhash.py (one loop over the batch's characters each, no per-document Python).
+Signatures equal datasketch's `MinHash(num_perm, seed)` (its default affine32 scheme) fed the same
 32-bit shingle hashes, so estimates and LSH parameters mean the same as with datasketch.
 """
 from __future__ import annotations
@@ -36,18 +35,17 @@ from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
 from . import io
+from . import minhash as kernels
 from .config import DedupConfig
+from .minhash import NO_SPACE_SHARE
 from .stages import part_name, shard_of, write_part
 
-_PUNCT = r"[^\p{L}\p{N}\p{M}\s]+"  # anything but letters, digits, combining marks and spaces
-NO_SPACE_SHARE = 0.3  # share of such characters above which a document is shingled by characters
 EXACT = "dedup.exact"  # identical, after normalisation, to the kept document
 NEAR = "dedup.near"  # estimated Jaccard similarity >= threshold with a document of its cluster
 
 _U64 = np.uint64
 _M64 = (_U64(0xFF51AFD7ED558CCD), _U64(0xC4CEB9FE1A85EC53))  # MurmurHash3 fmix64 constants
-_M32 = (np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35))  # MurmurHash3 fmix32 (as datasketch)
-_BASE = _U64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial n-gram and band hashes
+_BASE = _U64(0x9E3779B97F4A7C15)  # odd multiplier of the band hashes
 
 
 def _fmix64(x: np.ndarray) -> np.ndarray:
@@ -58,145 +56,35 @@ def _fmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _U64(33))
 
 
-def _fmix32(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint32(16))
-    x = x * _M32[0]
-    x = x ^ (x >> np.uint32(13))
-    x = x * _M32[1]
-    return x ^ (x >> np.uint32(16))
+# ---- normalisation and shingles, over a whole batch (the loops are the compiled kernels of minhash.py) --
 
 
-# ---- normalisation and shingles, over a whole batch --------------------------------------------------
-
-
-def normalize_batch(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """NFKC, lowercase, punctuation -> space, trimmed (words may still be separated by several spaces)."""
-    texts = pa.chunked_array([texts]).combine_chunks() if isinstance(texts, pa.Array) else texts.combine_chunks()
-    ascii_ = pc.string_is_ascii(texts)
-    if not pc.all(ascii_).as_py():  # ASCII is already NFKC: normalise the others only
-        texts = pc.replace_with_mask(texts, pc.invert(ascii_), pc.utf8_normalize(texts.filter(pc.invert(ascii_)), "NFKC"))
-    texts = pc.utf8_lower(texts)
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, _PUNCT, " "))
+def normalize_batch(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code points, offsets, no-space share) of a batch's normalised texts: NFKC-case-folded words
+    joined by single spaces (uint32 code points, doc d is [offsets[d], offsets[d + 1])), and per doc
+    the share of its characters in a script written without spaces."""
+    texts = kernels.nfkc_where_not_nfc(texts)
+    return kernels.normalize(*kernels.utf8_buffers(texts), *kernels.char_tables())
 
 
 def normalize(text: str) -> str:
     """One text as the dedup steps see it: normalised words joined by single spaces."""
-    words = pc.utf8_split_whitespace(normalize_batch(pa.array([text])))
-    return " ".join(w for w in words[0].as_py() if w)
+    return normalize_batch(pa.array([text]))[0].tobytes().decode("utf-32-le")
 
 
-def _code_points(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(code point, document index) of every character of a batch of normalised texts."""
-    # Normalised text has no control characters left, so NUL can separate the documents.
-    points = np.frombuffer("\x00".join(texts.to_pylist()).encode("utf-32-le"), dtype=np.uint32)
-    doc = np.cumsum(points == 0)
-    keep = points != 0
-    return points[keep], doc[keep]
-
-
-# Unicode blocks of scripts written without spaces between words: CJK, kana, Thai, Lao, Tibetan,
-# Myanmar, Khmer. A document mostly in them is shingled by characters.
-_NO_SPACE_BLOCKS = np.array([(0x0E00, 0x0EFF), (0x0F00, 0x0FFF), (0x1000, 0x109F), (0x1780, 0x17FF),
-                             (0x3040, 0x30FF), (0x3400, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3FFFF)])
-
-
-def _utf8(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(UTF-8 bytes, offsets) of a string array, without copying."""
-    strings = strings.cast(pa.large_string())
-    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset : strings.offset + len(strings) + 1]
-    data = np.frombuffer(strings.buffers()[2], np.uint8) if strings.buffers()[2] is not None else np.zeros(0, np.uint8)
-    return data[offsets[0] : offsets[-1]], offsets - offsets[0]
-
-
-def no_space_script(normalized: pa.Array) -> np.ndarray:
-    """Per document: is it mostly (NO_SPACE_SHARE) written in a script without spaces between words?
-
-    Decided from the UTF-8 bytes with numpy: characters are the non-continuation bytes, and the
-    code point of every 3- and 4-byte character is decoded to find its block."""
-    data, offsets = _utf8(normalized)
-    if len(data) == 0:
-        return np.zeros(len(normalized), bool)
-    counted = np.r_[0, np.cumsum(((data & 0xC0) != 0x80) & (data > 0x20))]  # characters, not spaces
-    chars = counted[offsets[1:]] - counted[offsets[:-1]]
-    lead3 = np.flatnonzero((data >= 0xE0) & (data < 0xF0))
-    lead4 = np.flatnonzero(data >= 0xF0)
-    pad = np.r_[data, np.zeros(3, np.uint8)].astype(np.uint32)
-    cp3 = ((pad[lead3] & 0x0F) << 12) | ((pad[lead3 + 1] & 0x3F) << 6) | (pad[lead3 + 2] & 0x3F)
-    cp4 = ((pad[lead4] & 0x07) << 18) | ((pad[lead4 + 1] & 0x3F) << 12) | ((pad[lead4 + 2] & 0x3F) << 6) | (pad[lead4 + 3] & 0x3F)
-    lead, points = np.r_[lead3, lead4], np.r_[cp3, cp4]
-    inside = np.searchsorted(_NO_SPACE_BLOCKS.ravel(), points, side="right") % 2 == 1
-    doc = np.searchsorted(offsets, lead, side="right") - 1
-    special = np.bincount(doc, weights=inside, minlength=len(normalized))
-    return special > NO_SPACE_SHARE * np.maximum(chars, 1)
-
-
-def word_tokens(normalized: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit hash of every word, its document's index), flat over the batch, computed with numpy
-    over the UTF-8 bytes (a polynomial hash per word, then a 64-bit mix)."""
-    words = pc.utf8_split_whitespace(normalized)
-    flat, doc = pc.list_flatten(words), pc.list_parent_indices(words)
-    nonempty = pc.greater(pc.utf8_length(flat), 0)
-    flat = flat.filter(nonempty)
-    doc = doc.filter(nonempty).to_numpy(zero_copy_only=False).astype(np.int64)
-    if len(flat) == 0:
-        return np.zeros(0, _U64), doc
-    data, offsets = _utf8(flat)
-    data = data.astype(_U64)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    powers = np.cumprod(np.full(int(lengths.max()), _BASE, _U64))  # B^1 .. B^max, wrapping mod 2^64
-    from_end = np.repeat(starts + lengths, lengths) - np.arange(len(data)) - 1  # bytes after this one in its word
-    h = np.add.reduceat(data * powers[from_end], starts)
-    return _fmix64(h + lengths.astype(_U64)), doc
-
-
-def char_tokens(normalized: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit hash of every non-space character, its document's index), flat over the batch."""
-    points, doc = _code_points(pc.replace_substring_regex(normalized, r"\s+", ""))
-    return _fmix64(points.astype(_U64) + _BASE), doc.astype(np.int64)
-
-
-def ngram_hashes(tokens: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of every n-gram of consecutive tokens within a document (doc sorted ascending).
-
-    A document shorter than n tokens has one shingle: all its tokens."""
-    size = len(tokens)
-    pos = np.arange(size)
-    first = np.r_[True, doc[1:] != doc[:-1]] if size else np.zeros(0, bool)
-    starts = pos[first]
-    ends = np.r_[starts[1:], size]
-    end = np.repeat(ends, np.diff(np.r_[starts, size]))  # exclusive end of each token's document
-    acc = np.zeros(size, _U64)
-    for k in range(n):  # acc = t[i] * B^(n-1) + ... + t[i+n-1], tokens past the document's end count 0
-        nxt = np.where(pos + k < end, tokens[np.minimum(pos + k, max(size - 1, 0))], _U64(0))
-        acc = acc * _BASE + nxt
-    keep = (pos + n <= end) | (first & (end - pos < n))
-    return (_fmix64(acc[keep]) >> _U64(32)).astype(np.uint32), doc[keep]
+def no_space_script(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per document: is it mostly (NO_SPACE_SHARE) written in a script without spaces between words?"""
+    return normalize_batch(texts)[2] > NO_SPACE_SHARE
 
 
 def shingle_hashes(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(32-bit shingle hash, document index) of a batch, sorted by document; every document has one at least.
+    """(32-bit shingle hashes, offsets): doc d's are hashes[offsets[d]:offsets[d + 1]], one at least.
 
     Word n-grams (cfg.ngram), or character n-grams (cfg.char_ngram) for text without spaces."""
-    normalized = normalize_batch(texts)
-    chars = no_space_script(normalized)
-    out_h, out_d = [], []
-    for mask, tokenize, n in ((~chars, word_tokens, cfg.ngram), (chars, char_tokens, cfg.char_ngram)):
-        rows = np.flatnonzero(mask)
-        if len(rows):
-            tokens, doc = tokenize(normalized.take(pa.array(rows)))
-            h, d = ngram_hashes(tokens, doc, n)
-            out_h.append(h)
-            out_d.append(rows[d])
-    # A document without any token (only punctuation) gets the shingle of the empty text.
-    present = np.zeros(len(normalized), bool)
-    for d in out_d:
-        present[d] = True
-    empty = np.flatnonzero(~present)
-    out_h.append(np.zeros(len(empty), np.uint32))
-    out_d.append(empty)
-    h, d = np.concatenate(out_h), np.concatenate(out_d)
-    order = np.argsort(d, kind="stable")
-    return h[order], d[order]
+    text, offsets, share = normalize_batch(texts)
+    by_chars = share > NO_SPACE_SHARE
+    tokens, token_offsets = kernels.token_hashes(text, offsets, by_chars)
+    return kernels.ngram_hashes(tokens, token_offsets, np.where(by_chars, cfg.char_ngram, cfg.ngram))
 
 
 def shingle_texts(text: str, n: int) -> set[str]:
@@ -212,31 +100,16 @@ def shingle_texts(text: str, n: int) -> set[str]:
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine permutations (a odd) for num_perm and seed: h -> a*h + b mod 2^32."""
     a, b = MinHash(num_perm=num_perm, seed=seed).permutations
-    return a.astype(np.uint32), b.astype(np.uint32)
+    return np.ascontiguousarray(a, np.uint32), np.ascontiguousarray(b, np.uint32)
 
 
-def minhash(hashes: np.ndarray, doc: np.ndarray, num_docs: int, num_perm: int, seed: int,
-            chunk: int = 4096) -> np.ndarray:
-    """(num_docs, num_perm) uint32 signatures from shingle hashes sorted by document."""
-    a, b = permutations(num_perm, seed)
-    a, b = a[:, None], b[:, None]
-    sig = np.full((num_docs, num_perm), np.iinfo(np.uint32).max, np.uint32)
-    mixed = _fmix32(hashes.astype(np.uint32))
-    buf = np.empty((num_perm, min(chunk, len(mixed))), np.uint32)
-    for s in range(0, len(mixed), chunk):  # (num_perm x chunk) stays in cache; min runs along rows
-        values = buf[:, : len(mixed[s : s + chunk])]
-        np.multiply(a, mixed[s : s + chunk], out=values)
-        np.add(values, b, out=values)
-        d = doc[s : s + chunk]
-        seg = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
-        rows = d[seg]
-        sig[rows] = np.minimum(sig[rows], np.minimum.reduceat(values, seg, axis=1).T)
-    return sig
+def minhash(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+    """(docs, num_perm) uint32 signatures of shingle hashes (doc d's are hashes[offsets[d]:offsets[d + 1]])."""
+    return kernels.minhash(np.asarray(hashes, np.uint32), np.asarray(offsets, np.int64), *permutations(num_perm, seed))
 
 
 def signatures(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> np.ndarray:
-    h, d = shingle_hashes(texts, cfg)
-    return minhash(h, d, len(texts), cfg.num_perm, cfg.seed)
+    return minhash(*shingle_hashes(texts, cfg), cfg.num_perm, cfg.seed)
 
 
 def lsh_params(cfg: DedupConfig) -> tuple[int, int]:
@@ -307,12 +180,12 @@ def _part_rows(urls: list[str], part: int, columns: list[str]) -> pa.Table | Non
 
 
 def exact_hashes(part_url: str, work_dir: str, partitions: int, batch_size: int = 4096) -> dict:
-    """(hash, id, part) of every doc of a part, into hash partitions; 16-byte blake2b of the normalised words."""
+    """(hash, id, part) of every doc of a part, into hash partitions; 16-byte blake2b of the normalised text."""
     part = shard_of(part_url)
     docs = 0
     for n, batch in enumerate(_batches(part_url, ["id", "text"], batch_size)):
-        joined = pc.binary_join(pc.utf8_split_whitespace(normalize_batch(batch["text"])), " ")
-        digests = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in joined.to_pylist()]
+        text, offsets, _ = normalize_batch(batch["text"])
+        digests = [hashlib.blake2b(text[s:e].tobytes(), digest_size=16).digest() for s, e in zip(offsets[:-1], offsets[1:])]
         table = pa.table({"hash": pa.array(digests, pa.binary(16)), "id": batch["id"],
                           "part": pa.array(np.full(len(digests), part, np.int32))})
         key = np.frombuffer(b"".join(digests), dtype=_U64)[::2].copy() if digests else np.zeros(0, _U64)
