@@ -237,7 +237,7 @@ def _prefect(*args: str, **kwargs) -> subprocess.CompletedProcess:
 @app.command()
 def deploy(pool: str = typer.Option("tokenmill", help="process work pool the deployments use (created if missing)"),
            prefect_file: Path = typer.Option(REPO / "infra" / "prefect" / "prefect.yaml", help="deployment definitions")):
-    """Create the Prefect deployments (curate, train, evaluate, finetune, end-to-end) on PREFECT_API_URL's server."""
+    """Create the Prefect deployments (curate, dedup, train, evaluate, finetune, end-to-end) on PREFECT_API_URL's server."""
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[red]PREFECT_API_URL is not set:[/red] deployments live on a running Prefect server "
                       "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api)")

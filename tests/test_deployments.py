@@ -38,9 +38,10 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_server.url, "PREFECT_WORKER_QUERY_SECONDS": "2"}
     deployed = _tokenmill(env, "deploy", timeout=300)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    for name in ("end-to-end/bundled", "curate-on-ray/curate", "train/train", "evaluate/evaluate", "finetune/finetune"):
+    for name in ("end-to-end/bundled", "curate-on-ray/curate", "dedup-on-ray/dedup", "train/train", "evaluate/evaluate",
+                 "finetune/finetune"):
         assert f"Deployment '{name}'" in deployed.stdout
-    assert deployed.stdout.count("successfully created") == 5
+    assert deployed.stdout.count("successfully created") == 6
 
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "tokenmill"], env=env,
                               stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
