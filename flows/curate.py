@@ -19,6 +19,8 @@ from .runtime import ray_task_runner, run_mapped, stage
 
 read_file = task(readers.read_file, name="read", retries=1)
 filter_part = task(filters.filter_part, name="quality", retries=1)
+id_rows = task(dedup.id_rows, name="id-rows", retries=1)
+check_ids = task(dedup.check_ids, name="check-ids", retries=1)
 exact_hashes = task(dedup.exact_hashes, name="exact-hashes", retries=1)
 exact_groups = task(dedup.exact_groups, name="exact-groups", retries=1)
 signature_rows = task(dedup.signature_rows, name="minhash-signatures", retries=1)
@@ -81,6 +83,10 @@ def dedup_stage(config: RunConfig, source: str) -> dict:
     parts = stage_parts(run_dir, source)
     partitions = dedup.num_partitions(cfg, io.read_json(io.join(run_dir, source, "_stats.json"))["docs_kept"])
     summary: dict = {"partitions": partitions}
+    calls = [dict(part_url=p, work_dir=io.join(work, "ids"), partitions=partitions) for p in parts]
+    mapped(id_rows, calls, "id rows", marker=_marker(io.join(work, "ids")))
+    calls = [dict(partition=dedup.partition_dir(io.join(work, "ids"), p)) for p in range(partitions)]
+    mapped(check_ids, calls, "id check", marker=_marker(io.join(work, "ids-checked"), "partition"))
     exact_urls: list[str] = []
     if cfg.exact:
         calls = [dict(part_url=p, work_dir=io.join(work, "exact"), partitions=partitions, batch_size=cfg.batch_size) for p in parts]
@@ -102,7 +108,7 @@ def dedup_stage(config: RunConfig, source: str) -> dict:
     summary.update(mapped(clusters, [call], "dedup clusters", marker=_marker(duplicates_dir, "out_dir"))[0])
     calls = [dict(part_url=p, duplicates_dir=duplicates_dir, run_dir=run_dir) for p in parts]
     stats = finish_stage(run_dir, "dedup", mapped(drop_duplicates, calls, "dedup drop", stage="dedup"), **summary)
-    for scratch in ("exact", "bands"):  # the band rows are the bulk; pairs and duplicate lists stay for inspection
+    for scratch in ("ids", "ids-checked", "exact", "bands"):  # the band rows are the bulk; pairs and duplicate lists stay
         io.remove_tree(io.join(work, scratch))
     return stats
 

@@ -1,16 +1,20 @@
 """Exact and MinHash-LSH near-duplicate removal, as steps mapped over parts and hash partitions.
 
+    id_rows        per part       (id, source, part) rows in P partitions by a hash of the id
+    check_ids      per partition  fails, naming the records, if an id is used by two documents
     exact_hashes   per part       hash of the normalised text -> (hash, id, part) rows in P partitions
     exact_groups   per partition  rows with an equal hash -> (id, duplicate_of = lowest id of the hash)
     signatures     per part       MinHash of every doc that is not an exact copy, b bands x r rows ->
                                   (band_hash, id, part[, signature]) rows in P partitions
     buckets        per partition  docs sharing a band bucket -> pairs, verified by estimated Jaccard
-    clusters       once           union-find over exact and near pairs -> per-part duplicate lists
+    clusters       once           union-find over exact and near pairs (ids as dense integers)
+                                  -> per-part duplicate lists
     drop           per part       kept docs and rejected ones with `reason` and `duplicate_of`
 
 Memory of every per-part step is bounded by `batch_size` documents, of every per-partition step by the
 partition's size (partitions are added as the corpus grows, see num_partitions); only `clusters`
-holds something corpus-wide: the ids of duplicate documents. The kept representative of every
+holds something corpus-wide: the distinct ids of duplicate documents (one Arrow string array) and two
+int64 per pair. The kept representative of every
 cluster is its lowest id, whatever order tasks ran in and however many partitions there are.
 
 Normalisation, shingles and signatures are computed for a whole batch at once by the compiled
@@ -24,7 +28,7 @@ import functools
 import hashlib
 import math
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Iterator
 
 import numpy as np
@@ -33,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
+from numba import njit
 
 from . import io
 from . import minhash as kernels
@@ -176,6 +181,46 @@ def _part_rows(urls: list[str], part: int, columns: list[str]) -> pa.Table | Non
     return pa.concat_tables(tables) if tables else None
 
 
+# ---- ids ---------------------------------------------------------------------------------------------
+
+
+def id_rows(part_url: str, work_dir: str, partitions: int, batch_size: int = 65536) -> dict:
+    """(id, source, part) of every doc of a part into partitions by a hash of the id, so that
+    check_ids finds an id used twice without any step holding all ids."""
+    part = shard_of(part_url)
+    docs = 0
+    for n, batch in enumerate(_batches(part_url, ["id", "source"], batch_size)):
+        ids = batch["id"]
+        table = pa.table({"id": ids, "source": batch["source"], "part": pa.array(np.full(len(ids), part, np.int32))})
+        _write_partitioned(table, kernels.string_hashes(*kernels.utf8_buffers(ids)), work_dir, partitions,
+                           f"{part_name(part)}-{n:05d}.parquet")
+        docs += len(ids)
+    return {"part": part, "docs": docs}
+
+
+def check_ids(partition: str) -> dict:
+    """Fail, naming the records, if two docs of one id partition share an id.
+
+    Ids are the key of every later step and of `duplicate_of`: with two documents under one id, which
+    one a pair, a cluster or a rejection means is undecidable. It is a configuration error (an id_key
+    that is not unique in this corpus, or the same input given twice), so the stage stops before any
+    work rather than rejecting documents at random."""
+    table = _read_all(io.list_files(partition))
+    if table is None or table.num_rows == 0:
+        return {"ids": 0}
+    counts = table["id"].value_counts()
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        shown = []
+        for doc_id in repeated.take(pc.sort_indices(repeated))[:3].to_pylist():
+            rows = table.filter(pc.equal(table["id"], doc_id)).sort_by("part")
+            shown.append(f"id {doc_id!r} in " + ", ".join(f"{s} (part {p})" for s, p in zip(rows["source"].to_pylist(), rows["part"].to_pylist())))
+        raise ValueError(f"document ids are not unique across the inputs ({len(repeated)} repeated in id partition "
+                         f"{partition}): {'; '.join(shown)}. Set curate.reader.id_key (--id-key) to a field that is "
+                         "unique in the corpus, or to null to derive ids from file and offset")
+    return {"ids": table.num_rows}
+
+
 # ---- exact -------------------------------------------------------------------------------------------
 
 
@@ -201,12 +246,6 @@ def exact_groups(partition: str, out_url: str) -> dict:
         table = pa.table({"hash": pa.array([], pa.binary(16)), "id": pa.array([], pa.string()), "part": pa.array([], pa.int32())})
     table = table.sort_by([("hash", "ascending"), ("id", "ascending")])
     ids = table["id"].to_numpy(zero_copy_only=False)
-    if len(ids) > 1:
-        same = (table["hash"].to_numpy(zero_copy_only=False)[1:] == table["hash"].to_numpy(zero_copy_only=False)[:-1])
-        repeated = same & (ids[1:] == ids[:-1])
-        if repeated.any():
-            raise ValueError(f"document ids are not unique across the inputs, e.g. {sorted(set(ids[1:][repeated]))[:5]}; "
-                             "fix reader.id_key or set it to null to derive ids from file and line")
     hashes = table["hash"].to_numpy(zero_copy_only=False)
     first = np.r_[True, hashes[1:] != hashes[:-1]] if len(hashes) else np.zeros(0, bool)
     rep = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0)) if len(ids) else np.zeros(0, np.int64)
@@ -284,9 +323,6 @@ def bucket_pairs(partition: str, out_url: str, cfg: DedupConfig) -> dict:
         sig = _signature_matrix(table["signature"], cfg.num_perm) if cfg.verify else None
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         for s, e in zip(starts, np.r_[starts[1:], len(key)]):
-            if np.any(ids[s + 1 : e] == ids[s : e - 1]):
-                raise ValueError(f"document id {ids[s:e][np.r_[False, ids[s + 1:e] == ids[s:e - 1]]][0]!r} occurs in "
-                                 "more than one input document; fix reader.id_key or set it to null")
             members = np.arange(s, e)
             while len(members) > 1:
                 rep, rest = members[0], members[1:]
@@ -302,66 +338,108 @@ def bucket_pairs(partition: str, out_url: str, cfg: DedupConfig) -> dict:
     return stats
 
 
-class UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-        self.rank: dict[str, int] = {}
+@njit(cache=True, nogil=True)
+def _cluster_roots(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Union-find over pairs of dense ids 0..n-1 -> each id's root, the lowest id of its cluster
+    (a link always hangs the higher root under the lower one; paths are halved on the way)."""
+    parent = np.arange(n)
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        while parent[y] != y:
+            parent[y] = parent[parent[y]]
+            y = parent[y]
+        if x < y:
+            parent[y] = x
+        elif y < x:
+            parent[x] = y
+    for x in range(n):  # parents are lower ids, so one pass in id order resolves every root
+        parent[x] = parent[parent[x]]
+    return parent
 
-    def find(self, x: str) -> str:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while x != root:  # path compression
-            self.parent[x], x = root, self.parent[x]
-        return root
 
-    def union(self, a: str, b: str) -> None:
-        self.parent.setdefault(a, a)
-        self.parent.setdefault(b, b)
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.rank.get(ra, 0) < self.rank.get(rb, 0):
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.rank[ra] = max(self.rank.get(ra, 0), self.rank.get(rb, 0) + 1)
+def _pair_batches(pair_urls: list[str], exact_urls: list[str], rows: int = 1 << 16) -> Iterator[tuple[pa.Table, bool]]:
+    """(a, b, part_a, part_b) batches of near pairs and exact groups (exact: b's text equals a's),
+    read `rows` at a time so that only the pairs' integer form is held whole."""
+    schema = pa.schema({"a": pa.large_string(), "b": pa.large_string(), "part_a": pa.int32(), "part_b": pa.int32()})
+    for urls, columns, exact in ((exact_urls, ["duplicate_of", "id", "rep_part", "part"], True),
+                                 (pair_urls, ["a", "b", "part_a", "part_b"], False)):
+        for url in urls:
+            for batch in _batches(url, columns, rows):
+                yield pa.Table.from_batches([batch]).rename_columns(list(schema.names)).cast(schema), exact
+
+
+def _distinct_sorted_ids(pair_urls: list[str], exact_urls: list[str]) -> pa.Array:
+    """Every id of the pairs once, sorted (merged as batches come, so never all pairs' strings at once)."""
+    ids, pending = pa.array([], pa.large_string()), []
+    for t, _ in _pair_batches(pair_urls, exact_urls):
+        pending.append(pc.unique(pa.chunked_array(t["a"].chunks + t["b"].chunks, pa.large_string())))
+        if sum(map(len, pending)) > max(len(ids), 1 << 20):
+            ids, pending = pc.unique(pa.chunked_array([ids, *pending])), []
+    ids = pc.unique(pa.chunked_array([ids, *pending]))
+    return ids.take(pc.sort_indices(ids))
+
+
+class _DenseIds:
+    """id string -> its rank among the sorted distinct ids, by a 64-bit hash looked up with
+    searchsorted (pc.index_in would rebuild a hash table of all ids for every batch). Every looked-up
+    id is one of `ids`, so distinct hashes make the lookup exact; on a collision it falls back to index_in."""
+
+    def __init__(self, ids: pa.Array) -> None:
+        self.ids = ids
+        key = kernels.string_hashes(*kernels.utf8_buffers(ids))
+        self.order = np.argsort(key, kind="stable")
+        self.sorted_key = key[self.order]
+        self.exact = len(key) < 2 or bool(np.all(self.sorted_key[1:] != self.sorted_key[:-1]))
+
+    def __call__(self, column: pa.ChunkedArray) -> np.ndarray:
+        if not self.exact:
+            return pc.index_in(column, value_set=self.ids).to_numpy().astype(np.int64)
+        key = kernels.string_hashes(*kernels.utf8_buffers(column.combine_chunks()))
+        return self.order[np.searchsorted(self.sorted_key, key)]
 
 
 def clusters(pair_urls: list[str], exact_urls: list[str], out_dir: str) -> dict:
     """Union-find over near pairs and exact groups -> out_dir/part-NNNNN.parquet (id, duplicate_of, reason).
 
     duplicate_of is the lowest id of the doc's cluster (the kept one). The reason is dedup.exact
-    when the doc's normalised text equals the kept doc's, else dedup.near."""
-    uf, part_of, exact_rep = UnionFind(), {}, {}
-    for url in exact_urls:
-        for d, p, r, rp in zip(*io.read_parquet(url, columns=["id", "part", "duplicate_of", "rep_part"]).to_pydict().values()):
-            uf.union(d, r)
-            part_of[d], part_of[r], exact_rep[d] = p, rp, r
-    for url in pair_urls:
-        for a, b, pa_, pb in zip(*io.read_parquet(url, columns=["a", "b", "part_a", "part_b"]).to_pydict().values()):
-            uf.union(a, b)
-            part_of[a], part_of[b] = pa_, pb
-    members: dict[str, list[str]] = defaultdict(list)
-    for doc in uf.parent:
-        members[uf.find(doc)].append(doc)
-    by_part: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
-    reasons: Counter = Counter()
-    for group in members.values():
-        lowest = min(group)
-        for doc in group:
-            if doc != lowest:
-                reason = EXACT if exact_rep.get(doc) == lowest else NEAR
-                by_part[part_of[doc]].append((doc, lowest, reason))
-                reasons[reason] += 1
-    for part, rows in by_part.items():
-        ids, reps, why = zip(*sorted(rows))
+    when the doc's normalised text equals the kept doc's, else dedup.near. Ids become dense integers
+    in sorted order (one Arrow array of the distinct ids of all pairs), so the union-find holds two
+    int64 per pair, not Python strings, and the lowest integer of a cluster is its lowest id."""
+    ids = _distinct_sorted_ids(pair_urls, exact_urls)
+    dense = _DenseIds(ids)
+    a, b, exact_a, exact_b = [], [], [], []
+    part_of = np.zeros(len(ids), np.int32)
+    for t, exact in _pair_batches(pair_urls, exact_urls):
+        ia, ib = dense(t["a"]), dense(t["b"])
+        part_of[ia], part_of[ib] = t["part_a"].to_numpy(), t["part_b"].to_numpy()
+        a.append(ia)
+        b.append(ib)
+        if exact:
+            exact_a.append(ia)
+            exact_b.append(ib)
+    del dense
+    a = np.concatenate(a) if a else np.zeros(0, np.int64)
+    b = np.concatenate(b) if b else np.zeros(0, np.int64)
+    root = _cluster_roots(a, b, len(ids))
+    del a, b
+    exact_rep = np.full(len(ids), -1, np.int64)  # the doc an exact copy was grouped with
+    if exact_b:
+        exact_rep[np.concatenate(exact_b)] = np.concatenate(exact_a)
+    dups = np.flatnonzero(root != np.arange(len(ids)))  # ascending, so in id order
+    is_exact = exact_rep[dups] == root[dups]
+    by_part = np.argsort(part_of[dups], kind="stable")  # stable: ids stay in order within a part
+    parts, starts = np.unique(part_of[dups][by_part], return_index=True)
+    for part, rows in zip(parts.tolist(), np.split(by_part, starts[1:])):
         io.write_parquet(io.join(out_dir, part_name(part) + ".parquet"),
-                         pa.table({"id": pa.array(ids, pa.string()), "duplicate_of": pa.array(reps, pa.string()),
-                                   "reason": pa.array(why, pa.string())}))
-    sizes = Counter(len(g) for g in members.values())
-    return {"clusters": len(members), "duplicates": sum(reasons.values()),
-            "exact_duplicates": reasons[EXACT], "near_duplicates": reasons[NEAR],
-            "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())}}
+                         pa.table({"id": ids.take(pa.array(dups[rows])), "duplicate_of": ids.take(pa.array(root[dups[rows]])),
+                                   "reason": pa.array(np.where(is_exact[rows], EXACT, NEAR), pa.string())}))
+    roots = np.unique(root)
+    sizes = Counter(np.bincount(root)[roots].tolist())
+    return {"clusters": len(roots), "duplicates": len(dups), "exact_duplicates": int(is_exact.sum()),
+            "near_duplicates": int(len(dups) - is_exact.sum()), "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())}}
 
 
 def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str, stage: str = "dedup") -> dict:
@@ -382,6 +460,10 @@ def run_local(part_urls: list[str], run_dir: str, cfg: DedupConfig, partitions: 
     <run_dir>/dedup/part-*.parquet and <run_dir>/rejected/dedup/part-*.parquet. Returns clusters' summary."""
     partitions = partitions or cfg.partitions
     work = io.join(run_dir, "dedup", "_work")
+    for url in part_urls:
+        id_rows(url, io.join(work, "ids"), partitions)
+    for p in range(partitions):
+        check_ids(partition_dir(io.join(work, "ids"), p))
     exact_urls: list[str] = []
     if cfg.exact:
         for url in part_urls:

@@ -321,3 +321,16 @@ def minhash(shingles, shingle_offsets, a, b):
             for p in range(num_perm):  # vectorised by LLVM: multiply, add, min over the permutations
                 row[p] = min(row[p], np.uint32(a[p] * h + b[p]))
     return sig
+
+
+@njit(cache=True, nogil=True)
+def string_hashes(data, offsets):
+    """uint64 hash of every string of a batch (its raw UTF-8 bytes): Horner polynomial, then fmix64."""
+    docs = len(offsets) - 1
+    out = np.empty(docs, np.uint64)
+    for d in range(docs):
+        h = _ZERO
+        for i in range(offsets[d], offsets[d + 1]):
+            h = h * _B + np.uint64(data[i])
+        out[d] = _fmix64(h + np.uint64(offsets[d + 1] - offsets[d]))
+    return out

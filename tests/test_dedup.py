@@ -249,10 +249,15 @@ def test_verification_drops_candidates_below_the_threshold(tmp_path, real_docs):
     assert dedup.jaccard(sig[0], sig[1]) < 0.95 and verified == []
 
 
-def test_duplicate_ids_are_a_clear_error(tmp_path):
-    urls = _write_parts(str(tmp_path), [[("same", "text one is here")], [("same", "text one is here")]])
-    with pytest.raises(ValueError, match="not unique.*same"):
+def test_duplicate_ids_are_a_clear_error(tmp_path, real_docs):
+    """Two different documents under one id in different parts (nothing else links them) stop the
+    stage before any work, naming the id and both records' files."""
+    urls = _write_parts(str(tmp_path), [[("a", real_docs[0]["text"]), ("same", real_docs[1]["text"])],
+                                        [("b", real_docs[2]["text"])], [("same", real_docs[3]["text"])]])
+    io.write_parquet(urls[2], docs_table([{"id": "same", "text": real_docs[3]["text"], "source": "other.jsonl", "url": None, "meta": None}]))
+    with pytest.raises(ValueError, match=r"not unique.*id 'same' in s \(part 0\), other.jsonl \(part 2\).*id_key"):
         _run(str(tmp_path), urls)
+    assert not io.list_files(f"{tmp_path}/dedup/_work/bands")  # nothing was hashed
 
 
 def test_union_find_result_does_not_depend_on_pair_order(tmp_path):
