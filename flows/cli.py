@@ -62,7 +62,7 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _execute(cfg: RunConfig, flow_name: str) -> dict:
+def _execute(cfg: RunConfig, flow_name: str, **flow_args) -> dict:
     from pipeline.stages import ConfigChanged
 
     from .server import prefect_api
@@ -83,7 +83,7 @@ def _execute(cfg: RunConfig, flow_name: str) -> dict:
             "finetune": finetune.finetune,
         }
         try:
-            result = flows[flow_name](cfg)
+            result = flows[flow_name](cfg, **flow_args)
         except Exception as e:  # the flow log above has the traceback; end with the cause, not a wall
             console.print(f"[red]{flow_name} {cfg.run_id} failed:[/red] {type(e).__name__}: {e}")
             if not isinstance(e, ConfigChanged):
@@ -112,7 +112,7 @@ def _print_summary(cfg: RunConfig) -> None:
     _print_finetune(cfg.run_dir)
     console.print(f"Outputs: {cfg.run_dir}")
     for name, what in (("dedup", "deduplicated"), (f"finetune/{cfg.finetune.task}/metrics.json", "fine-tune metrics"), ("tokens/manifest.json", "token shards"), ("train/model.safetensors", "model weights"),
-                       ("train/metrics.jsonl", "training metrics"), ("report.md", "report")):
+                       ("train/metrics.jsonl", "training metrics"), ("report.md", "report"), ("report.html", "report (HTML)")):
         if io.exists(io.join(cfg.run_dir, name)):
             console.print(f"  {what:15s} {cfg.run_dir}/{name}")
 
@@ -189,12 +189,32 @@ def train_cmd(run_id: str = typer.Option(..., "--run-id", help="the run whose to
     _execute(_config(config, run_id, output_dir, None, keep_server, set_), "train")
 
 
+CheckpointOpt = typer.Option(None, "--checkpoint", help="step of a kept intermediate checkpoint (default: the final weights)")
+
+
+def _check_checkpoint(run_dir: str, step: int | None) -> None:
+    """Fail before starting anything when STEP is not a kept checkpoint, listing the kept ones."""
+    if step is None:
+        return
+    from training.checkpoint import checkpoint_tag
+
+    try:
+        checkpoint_tag(Path(run_dir, "train", "checkpoints"), step)
+    except ValueError as e:
+        console.print(f"[red]--checkpoint {step}:[/red] {e}")
+        raise typer.Exit(2)
+
+
 @app.command("evaluate")
 def evaluate_cmd(run_id: str = typer.Option(..., "--run-id", help="the run whose model to evaluate"),
+                 checkpoint: Optional[int] = CheckpointOpt,
                  config: Optional[str] = ConfigOpt, output_dir: Optional[str] = OutOpt, keep_server: bool = KeepOpt,
                  set_: Optional[List[str]] = SetOpt):
-    """Evaluate only: metrics and report of an existing run's model."""
-    _execute(_config(config, run_id, output_dir, None, keep_server, set_), "evaluate")
+    """Evaluate only: metrics, lm-eval tasks and report of an existing run's model (or of a kept checkpoint,
+    into eval/step-<N>/)."""
+    cfg = _config(config, run_id, output_dir, None, keep_server, set_)
+    _check_checkpoint(cfg.run_dir, checkpoint)
+    _execute(cfg, "evaluate", checkpoint=checkpoint)
 
 
 @app.command("finetune")
@@ -278,13 +298,14 @@ def trigger(deployment: str = typer.Argument(..., help="FLOW/DEPLOYMENT, e.g. en
 @app.command("export")
 def export_cmd(run: str = typer.Argument(..., help="run id (under --output-dir) or path of a run directory"),
                out: str = typer.Option(..., "--out", help="directory to write the Hugging Face model to"),
-               output_dir: Optional[str] = OutOpt):
-    """Export a run's latest checkpoint (any ZeRO stage, consolidated to fp32) as a Hugging Face Llama model."""
+               checkpoint: Optional[int] = CheckpointOpt, output_dir: Optional[str] = OutOpt):
+    """Export a run's latest checkpoint, or a kept one (--checkpoint STEP), of any ZeRO stage, consolidated
+    to fp32, as a Hugging Face Llama model."""
     from training.export import export_run
 
     run_dir = Path(run) if Path(run, "tokens").is_dir() else Path(output_dir or "runs") / run
     try:
-        path = export_run(run_dir, out)
+        path = export_run(run_dir, out, checkpoint)
     except (FileNotFoundError, ValueError) as e:
         console.print(f"[red]export failed:[/red] {e}")
         raise typer.Exit(1)

@@ -24,15 +24,18 @@ def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str 
     (out_dir / "model_config.json").write_text(cfg.model_dump_json(indent=2))
 
 
+def model_from_state(state: dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> Transformer:
+    model = Transformer(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - ({TIED} if cfg.tie_embeddings else set()):
+        raise ValueError(f"{where} does not match its model config: missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
 def load_model(weights_dir: str | Path, device: str = "cpu") -> Transformer:
     weights_dir = Path(weights_dir)
     cfg = ModelConfig.model_validate_json((weights_dir / "model_config.json").read_text())
-    model = Transformer(cfg)
-    missing, unexpected = model.load_state_dict(load_file(str(weights_dir / "model.safetensors")), strict=False)
-    if unexpected or set(missing) - ({TIED} if cfg.tie_embeddings else set()):
-        raise ValueError(f"{weights_dir}/model.safetensors does not match model_config.json: "
-                         f"missing {missing}, unexpected {unexpected}")
-    return model.to(device).eval()
+    return model_from_state(load_file(str(weights_dir / "model.safetensors")), cfg, f"{weights_dir}/model.safetensors").to(device)
 
 
 # DeepSpeed checkpoints: checkpoints/<tag>/ with DeepSpeed's files plus ds_config.json and
@@ -41,6 +44,22 @@ def load_model(weights_dir: str | Path, device: str = "cpu") -> Transformer:
 def latest_tag(ckpt_dir: str | Path) -> str | None:
     latest = Path(ckpt_dir) / "latest"
     return latest.read_text().strip() if latest.exists() else None
+
+
+def kept_steps(ckpt_dir: str | Path) -> dict[int, str]:
+    """Complete checkpoints on disk (model_config.json is written last), tag by step."""
+    return {int(p.name[4:]): p.name for p in sorted(Path(ckpt_dir).glob("step*"))
+            if p.is_dir() and p.name[4:].isdigit() and (p / "model_config.json").exists()}
+
+
+def checkpoint_tag(ckpt_dir: str | Path, step: int) -> str:
+    """The tag of the kept checkpoint of `step`; a ValueError listing the kept steps otherwise."""
+    steps = kept_steps(ckpt_dir)
+    if step not in steps:
+        kept = ", ".join(map(str, steps)) or "none"
+        raise ValueError(f"no checkpoint of step {step} in {ckpt_dir}; kept steps: {kept} "
+                         "(train.save_every sets how often one is saved, train.keep_checkpoints how many are kept)")
+    return steps[step]
 
 
 def save_checkpoint(engine, ckpt_dir: Path, step: int, batches, ds_config: dict, model_cfg: ModelConfig,

@@ -54,6 +54,13 @@ class EvalConfig(_Section):
     max_new_tokens: int = 40
     temperature: float = Field(0.8, gt=0, description="for the sampled generations (the others are greedy)")
     top_k: int | None = 40
+    threads: int | None = Field(1, ge=1, description="torch CPU threads while evaluating (1: no thread thrash on a "
+                                "busy machine, where 2 threads ran a small model 20x slower than 1); null: torch's default")
+    lm_eval: bool = Field(True, description="downstream tasks through lm-evaluation-harness when it is installed (the `eval` extra)")
+    lm_eval_tasks: list[str] = Field(default_factory=lambda: ["tokenmill_cloze", "tokenmill_wikitext"],
+                                     description="local tasks in training/data/lm_eval (no downloads)")
+    lm_eval_limit: int | None = Field(None, ge=1, description="documents per task (default: all)")
+    lm_eval_batch_size: int = Field(16, ge=1)
 
 
 class FinetuneConfig(_Section):

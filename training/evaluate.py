@@ -3,6 +3,7 @@ and on held-out raw text shipped with tokenmill, next to the same architecture u
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,24 @@ from tokenizers import Tokenizer
 
 from pipeline.tokenize import EOS, load_tokenizer
 
-from .checkpoint import load_model
+from .checkpoint import checkpoint_tag, load_model, model_from_state
 from .config import EvalConfig
 from .data import load_manifest, load_split
 from .model import Transformer
 
 HELDOUT = Path(__file__).parent / "data" / "heldout" / "wikitext2_valid_head.txt"
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to `n` (None: unchanged) for the block, then restored."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()
@@ -69,8 +82,25 @@ def samples(model: Transformer, tokenizer: Tokenizer, cfg: EvalConfig, seed: int
     return out
 
 
-def evaluate(train_dir: str | Path, tokens_dir: str | Path, cfg: EvalConfig, seed: int = 0) -> dict:
-    train_dir, tokens_dir = Path(train_dir), Path(tokens_dir)
+def load_trained(train_dir: Path, step: int | None = None) -> Transformer:
+    """The final weights (train/model.safetensors), or those of the kept checkpoint of `step`."""
+    if step is None:
+        return load_model(train_dir)
+    from .export import consolidate
+
+    ckpt_dir = train_dir / "checkpoints"
+    tag = checkpoint_tag(ckpt_dir, step)
+    state, model_cfg = consolidate(ckpt_dir, tag)
+    return model_from_state(state, model_cfg, str(ckpt_dir / tag))
+
+
+def evaluate(train_dir: str | Path, tokens_dir: str | Path, cfg: EvalConfig, seed: int = 0, step: int | None = None) -> dict:
+    """Metrics of the final model, or of the kept checkpoint of `step`, next to the untrained one."""
+    with torch_threads(cfg.threads):
+        return _evaluate(Path(train_dir), Path(tokens_dir), cfg, seed, step)
+
+
+def _evaluate(train_dir: Path, tokens_dir: Path, cfg: EvalConfig, seed: int, step: int | None) -> dict:
     manifest = load_manifest(tokens_dir)
     tokenizer = load_tokenizer(str(tokens_dir / manifest["tokenizer"]))
     byte_lengths = token_byte_lengths(tokenizer)
@@ -78,10 +108,10 @@ def evaluate(train_dir: str | Path, tokens_dir: str | Path, cfg: EvalConfig, see
         "val": load_split(tokens_dir, "val", manifest)[: cfg.max_val_rows],
         "heldout": text_rows(tokenizer, HELDOUT.read_text(encoding="utf-8"), manifest["seq_len"], cfg.max_val_rows),
     }
-    trained = load_model(train_dir)
+    trained = load_trained(train_dir, step)
     torch.manual_seed(seed)
     untrained = Transformer(trained.cfg).eval()  # same architecture, random init: the baseline
-    result: dict = {"val_rows": int(len(sets["val"])), "val_tokens": int(sets["val"][:, 1:].size),
+    result: dict = {"step": step, "val_rows": int(len(sets["val"])), "val_tokens": int(sets["val"][:, 1:].size),
                     "heldout_tokens": int(sets["heldout"][:, 1:].size)}
     for name, rows in sets.items():
         for prefix, model in (("", trained), ("untrained_", untrained)):

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from pipeline.tokenize import EOS
 
-from .checkpoint import TIED, latest_tag
+from .checkpoint import TIED, checkpoint_tag, latest_tag
 from .model import ModelConfig
 
 
@@ -102,11 +102,16 @@ def hf_config(cfg: ModelConfig, eos_id: int) -> dict:
     }
 
 
-def export_hf(ckpt_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path) -> Path:
-    """Write the Hugging Face directory; return its path."""
+def export_hf(ckpt_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
+    """Write the Hugging Face directory of a checkpoint (default: `latest`); return its path."""
+    state, cfg = consolidate(ckpt_dir, tag)
+    return write_hf(state, cfg, tokenizer_path, out_dir)
+
+
+def write_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_path: str | Path, out_dir: str | Path) -> Path:
+    """Our weights + tokenizer as a Hugging Face Llama directory."""
     from tokenizers import Tokenizer
 
-    state, cfg = consolidate(ckpt_dir)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     if tokenizer.get_vocab_size() != cfg.vocab_size:
         raise ValueError(f"{tokenizer_path} has {tokenizer.get_vocab_size()} tokens, the model {cfg.vocab_size}")
@@ -127,11 +132,17 @@ def export_hf(ckpt_dir: str | Path, tokenizer_path: str | Path, out_dir: str | P
     return out
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """`tokenmill export`: the run's latest checkpoint and its tokenizer as a Hugging Face directory."""
-    run_dir = Path(run_dir)
-    manifest = run_dir / "tokens" / "manifest.json"
+def run_tokenizer(run_dir: str | Path) -> Path:
+    manifest = Path(run_dir) / "tokens" / "manifest.json"
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest} not found: {run_dir} is not a curated run directory")
-    tokenizer = run_dir / "tokens" / json.loads(manifest.read_text())["tokenizer"]
-    return export_hf(run_dir / "train" / "checkpoints", tokenizer, out_dir)
+    return Path(run_dir) / "tokens" / json.loads(manifest.read_text())["tokenizer"]
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
+    """`tokenmill export`: the run's latest checkpoint (or the kept one of `step`) and its tokenizer
+    as a Hugging Face directory."""
+    run_dir = Path(run_dir)
+    tokenizer = run_tokenizer(run_dir)
+    ckpt_dir = run_dir / "train" / "checkpoints"
+    return export_hf(ckpt_dir, tokenizer, out_dir, None if step is None else checkpoint_tag(ckpt_dir, step))
