@@ -1,32 +1,44 @@
-"""The evaluate flow: metrics of the trained model, report.md, and a Prefect markdown artifact."""
+"""The evaluate flow: metrics of the trained model (or of a kept checkpoint), lm-eval tasks, the
+report (report.md + report.html), and Prefect artifacts (the report as markdown, the metrics as a table)."""
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipeline import io
 from training.evaluate import evaluate as evaluate_model
+from training.harness import evaluate_run as run_lm_eval
 
 from .config import RunConfig
-from .report import render_report
+from .report import metric_rows, write_reports
 from .runtime import stage
 
 evaluate_task = task(evaluate_model, name="evaluate-model")
+lm_eval_task = task(run_lm_eval, name="lm-eval")
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(config: RunConfig) -> dict:
+def evaluate(config: RunConfig, checkpoint: int | None = None) -> dict:
+    """Evaluate the final model into eval/, or the kept checkpoint of step `checkpoint` into eval/step-<N>/."""
     run_dir = config.run_dir
+    name = "eval" if checkpoint is None else f"eval/step-{checkpoint}"
 
     def run():
-        metrics = evaluate_task(io.join(run_dir, "train"), io.join(run_dir, "tokens"), config.evaluate, seed=config.train.seed)
-        io.write_json(io.join(run_dir, "eval", "_stats.json"), metrics)
-        io.write_bytes(io.join(run_dir, "report.md"), render_report(run_dir).encode())
-        io.mark_done(io.join(run_dir, "eval"))
+        metrics = evaluate_task(io.join(run_dir, "train"), io.join(run_dir, "tokens"), config.evaluate,
+                                seed=config.train.seed, step=checkpoint)
+        if config.evaluate.lm_eval:
+            metrics["lm_eval"] = lm_eval_task(run_dir, config.evaluate, seed=config.train.seed, step=checkpoint)
+            get_run_logger().info("lm-eval: %s", metrics["lm_eval"].get("skipped") or metrics["lm_eval"]["trained"])
+        io.write_json(io.join(run_dir, name, "_stats.json"), metrics)
+        write_reports(run_dir)
+        io.mark_done(io.join(run_dir, name))
         return metrics
 
-    metrics = stage(run_dir, "eval", run)
-    fs, path = io.fs_path(io.join(run_dir, "report.md"))
-    report = fs.cat_file(path).decode()
-    create_markdown_artifact(report, key=f"report-{config.run_id}".lower().replace("_", "-"), description="tokenmill run report")
+    metrics = stage(run_dir, name, run)
+    key = config.run_id.lower().replace("_", "-")
+    report = io.read_bytes(io.join(run_dir, "report.md")).decode()
+    create_markdown_artifact(report, key=f"report-{key}", description=f"tokenmill run report ({run_dir}/report.html)")
+    rows = metric_rows(run_dir)
+    if rows:
+        create_table_artifact(rows, key=f"eval-metrics-{key}", description="evaluation metrics, trained vs untrained")
     return metrics

@@ -10,7 +10,7 @@ from pipeline import io
 from training.finetune import run_finetune
 
 from .config import RunConfig
-from .report import render_report
+from .report import write_reports
 from .runtime import stage
 
 
@@ -60,5 +60,5 @@ def finetune(config: RunConfig) -> dict:
                           description=f"fine-tune {name}: held-out metrics ({metrics['heldout_docs']} documents, "
                           f"{metrics['train_docs']} trained on) of the pretrained model, the same model from random init "
                           "and the majority class")
-    io.write_bytes(io.join(run_dir, "report.md"), render_report(run_dir).encode())
+    write_reports(run_dir)  # report.md + report.html, now with the fine-tune section
     return metrics

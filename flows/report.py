@@ -1,9 +1,27 @@
-"""The run report and summary, built from the stats files every stage leaves in the run directory."""
+"""The run report and summary, built from the files every stage leaves in the run directory.
+
+One list of sections (tables, paragraphs, images, preformatted text) is rendered twice: report.md
+(images as PNG files beside it) and report.html (self-contained: inline CSS, PNGs as data URIs, no
+external requests). Text taken from data (samples, config values, labels) is escaped in both.
+"""
 from __future__ import annotations
 
-from pipeline import io
+import base64
+import html
+import importlib.metadata
+import json
+import platform
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import funnel, io
 
 DOC_STAGES = ("read", "quality", "dedup", "quality_model")
+LM_EVAL_MISSING = "lm-eval not installed (pip install tokenmill[eval])"
+PACKAGES = ("tokenmill", "prefect", "ray", "deepspeed", "torch", "pyarrow", "tokenizers", "datasketch", "transformers", "lm-eval")
+ASSETS = "report_files"  # PNGs of report.md, beside it
 
 
 def load_stats(run_dir: str) -> dict[str, dict]:
@@ -13,6 +31,20 @@ def load_stats(run_dir: str) -> dict[str, dict]:
         if io.exists(url):
             stats[name] = io.read_json(url)
     return stats
+
+
+def checkpoint_evals(run_dir: str) -> dict[int, dict]:
+    """Evaluations of kept intermediate checkpoints (`tokenmill evaluate --checkpoint STEP`), by step."""
+    out = {}
+    for url in io.list_files(io.join(run_dir, "eval"), "step-*/_stats.json"):
+        stats = io.read_json(url)
+        out[int(stats["step"])] = stats
+    return dict(sorted(out.items()))
+
+
+def finetune_metrics(run_dir: str) -> dict[str, dict]:
+    """runs/<id>/finetune/<task>/metrics.json of the fine-tune flow, by task."""
+    return {url.rsplit("/", 2)[-2]: io.read_json(url) for url in sorted(io.list_files(io.join(run_dir, "finetune"), "*/metrics.json"))}
 
 
 def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
@@ -39,6 +71,12 @@ def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
         e = stats["eval"]
         rows.append(("val perplexity (untrained)", f"{e['val_perplexity']:.1f} ({e['untrained_val_perplexity']:.1f})"))
         rows.append(("held-out bits/byte (untrained)", f"{e['heldout_bits_per_byte']:.3f} ({e['untrained_heldout_bits_per_byte']:.3f})"))
+        lm = e.get("lm_eval", {})
+        cloze = lm.get("trained", {}).get("tokenmill_cloze")
+        if cloze:
+            rows.append(("cloze accuracy, lm-eval (untrained)", f"{cloze['acc']:.3f} ({lm['untrained']['tokenmill_cloze']['acc']:.3f})"))
+        elif lm.get("skipped"):
+            rows.append(("lm-eval", lm["skipped"]))
     return rows
 
 
@@ -52,60 +90,394 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def render_report(run_dir: str) -> str:
+# ---- report content: sections of blocks, rendered to markdown and HTML ----
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list]
+
+
+@dataclass
+class Image:
+    name: str  # file name of the PNG beside report.md
+    png: bytes
+    alt: str
+
+
+@dataclass
+class Pre:
+    text: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)  # str (a paragraph), Table, Image, Pre, or ("h3", title)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+
+
+def _bar_chart_png(labels: list[str], values: list[int], title: str, xlabel: str, ylabel: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    bars = ax.bar(labels, values, color="tab:blue")
+    ax.bar_label(bars, fontsize=8)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set_yscale("log" if values and max(values) > 50 * max(min(values), 1) else "linear")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _training_curves_png(metrics: list[dict]) -> bytes:
+    """Loss (top) and learning rate (bottom) per step, from train/metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in metrics]
+    fig, (loss, lr) = plt.subplots(2, 1, figsize=(7, 5), dpi=100, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    loss.plot(steps, [m["loss"] for m in metrics], color="tab:blue")
+    loss.set(ylabel="train loss (nats/token)", title="training loss and learning rate")
+    loss.grid(alpha=0.3)
+    lr.plot(steps, [m["lr"] for m in metrics], color="tab:orange")
+    lr.set(xlabel="step", ylabel="learning rate")
+    lr.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    import io as bytes_io
+
+    import matplotlib.pyplot as plt
+
+    buf = bytes_io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same input, same bytes
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def package_versions() -> list[list[str]]:
+    rows = [["python", platform.python_version()]]
+    for name in PACKAGES:
+        try:
+            rows.append([name, importlib.metadata.version(name)])
+        except importlib.metadata.PackageNotFoundError:
+            rows.append([name, "not installed"])
+    return rows
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit of the tokenmill checkout that made the report ('not a git checkout' otherwise)."""
+    path = path or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "not a git checkout"
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+
+
+def _eval_rows(e: dict) -> list[list[str]]:
+    return [[f"{split} ({model})", f"{e[f'{p}{split}_loss']:.4f}", f"{e[f'{p}{split}_perplexity']:.2f}",
+             f"{e[f'{p}{split}_bits_per_byte']:.3f}"]
+            for split in ("val", "heldout") for model, p in (("trained", ""), ("untrained", "untrained_"))]
+
+
+def _lm_eval_blocks(lm: dict | None) -> list:
+    if not lm:
+        return []
+    if lm.get("skipped"):
+        return [("h3", "lm-evaluation-harness"), lm["skipped"]]
+    rows = []
+    for task, metrics in lm["trained"].items():
+        for metric, value in metrics.items():
+            if metric.endswith("_stderr") or metric == "samples":
+                continue
+            stderr = metrics.get(f"{metric}_stderr")
+            untrained = lm.get("untrained", {}).get(task, {}).get(metric)
+            rows.append([task, metric, _fmt(value) + (f" ± {stderr:.3f}" if isinstance(stderr, float) else ""),
+                         _fmt(untrained), _fmt(metrics.get("samples"))])
+    chance = ", chance 0.25" if "tokenmill_cloze" in lm["trained"] else ""
+    return [("h3", "lm-evaluation-harness"),
+            f"lm-eval {lm.get('version', '?')} on the exported Hugging Face model, offline, local tasks shipped with "
+            f"tokenmill (training/data/lm_eval): tokenmill_cloze (pick a sentence's true last 5 words among 4{chance}) "
+            "and tokenmill_wikitext (rolling loglikelihood of WikiText-2 articles). Full output: eval/lm_eval.json.",
+            Table(["task", "metric", "trained", "untrained", "docs"], rows)]
+
+
+def _finetune_blocks(task: str, m: dict) -> list:
+    labels = m["labels"]
+    models = m["models"]
+    blocks: list = [f"{m.get('train_docs', '?'):,} training and {m.get('heldout_docs', '?'):,} held-out documents; "
+                    f"labels: {', '.join(map(str, labels))}.",
+                    Table(["model", "accuracy", "macro precision", "macro recall", "macro F1"],
+                          [[name, *(f"{mm[k]:.3f}" for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1"))]
+                           for name, mm in models.items()])]
+    best = "pretrained" if "pretrained" in models else next(iter(models))
+    per_class = models[best].get("per_class", {})
+    if per_class:
+        blocks += [("h3", f"{task}: per class ({best})"),
+                   Table(["label", "precision", "recall", "F1", "support"],
+                         [[label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
+                          for label, c in per_class.items()])]
+    confusion = models[best].get("confusion")
+    if confusion:
+        blocks += [("h3", f"{task}: confusion ({best}; rows true, columns predicted)"),
+                   Table(["true \\ predicted", *map(str, labels)], [[str(label), *row] for label, row in zip(labels, confusion)])]
+    return blocks
+
+
+def report_sections(run_dir: str) -> list[Section]:
+    """Every section the run has material for, in pipeline order."""
     stats = load_stats(run_dir)
-    out = [f"# tokenmill run `{run_dir.rstrip('/').rsplit('/', 1)[-1]}`", "", f"Run directory: `{run_dir}`", "",
-           "## Summary", "", markdown_table(["", "value"], [list(r) for r in summary_rows(stats)]), ""]
-    funnel = [[name, f"{s['docs_in']:,}", f"{s['docs_kept']:,}", f"{s['docs_rejected']:,}", f"{s['bytes_kept']:,}"]
-              for name, s in stats.items() if name in DOC_STAGES]
-    if funnel:
-        out += ["## Data funnel", "", markdown_table(["stage", "docs in", "kept", "rejected", "bytes kept"], funnel), ""]
-        reasons = [[name, reason, f"{n:,}"] for name, s in stats.items() if name in DOC_STAGES for reason, n in s["rejected"].items()]
-        if reasons:
-            out += ["### Rejected, by reason", "", markdown_table(["stage", "reason", "docs"], reasons), ""]
+    sections = [Section("Summary", [Table(["", "value"], [list(r) for r in summary_rows(stats)])])]
+
+    funnel_rows = funnel.load_funnel(run_dir) if funnel.doc_stages(run_dir) else []
+    if funnel_rows:
+        sections.append(Section("Data funnel", [
+            "Documents in, rejected per reason and kept, per stage (funnel.md). Every document is either kept or "
+            "rejected with a reason (rejected/<stage>/part-*.parquet; `tokenmill inspect RUN --reason R` shows examples).",
+            Table(funnel.COLUMNS, [[funnel.fmt(r[c]) for c in funnel.COLUMNS] for r in funnel_rows])]))
+
     if "dedup" in stats:
         m = stats["dedup"]
         lsh = (f"MinHash LSH: {m['bands']} bands x {m['rows']} rows over {m['partitions']} partitions, "
                f"{m['candidate_pairs']:,} candidate pairs, {m['pairs']:,} verified. ") if "bands" in m else ""
-        out += ["## Duplicates", "",
-                f"{lsh}{m.get('exact_duplicates', 0):,} exact and {m.get('near_duplicates', 0):,} near duplicates "
-                f"removed from {m.get('clusters', 0):,} multi-doc clusters.", "",
-                markdown_table(["cluster size", "clusters"], [[k, v] for k, v in m.get("cluster_sizes", {}).items()]), ""]
+        sizes = sorted(m.get("cluster_sizes", {}).items(), key=lambda kv: int(kv[0]))
+        blocks: list = [f"{lsh}{m.get('exact_duplicates', 0):,} exact and {m.get('near_duplicates', 0):,} near duplicates "
+                        f"removed from {m.get('clusters', 0):,} multi-doc clusters."]
+        if sizes:
+            blocks.append(Image("dedup_clusters.png", _bar_chart_png([str(k) for k, _ in sizes], [int(v) for _, v in sizes],
+                                                                     "duplicate clusters by size", "documents in the cluster", "clusters"),
+                                "histogram of duplicate cluster sizes"))
+            blocks.append(Table(["cluster size", "clusters"], [[k, v] for k, v in sizes]))
+        sections.append(Section("Duplicates", blocks))
+
     if "tokens" in stats:
         t = stats["tokens"]
-        out += ["## Tokens", "", f"Byte-level BPE, vocab {t['tokenizer']['vocab_size']:,}.", "",
-                markdown_table(["split", "shards", "sequences", "tokens"], [[s, t[s]["shards"], f"{t[s]['rows']:,}", f"{t[s]['tokens']:,}"] for s in ("train", "val")]), ""]
-    if "train" in stats:
-        t = stats["train"]
-        out += ["## Training", "", markdown_table(["steps", "tokens", "params", "final loss", "seconds"],
-                                          [[t["steps"], f"{t['tokens']:,}", f"{t['params']:,}", f"{t['final_loss']:.4f}", t["seconds"]]]), ""]
+        sections.append(Section("Tokens", [
+            f"Byte-level BPE, vocab {t['tokenizer']['vocab_size']:,}.",
+            Table(["split", "shards", "sequences", "tokens"], [[s, t[s]["shards"], f"{t[s]['rows']:,}", f"{t[s]['tokens']:,}"] for s in ("train", "val")])]))
+
+    metrics_url = io.join(run_dir, "train", "metrics.jsonl")
+    metrics = ([json.loads(line) for line in io.read_bytes(metrics_url).decode().splitlines() if line.strip()]
+               if io.exists(metrics_url) else [])
+    if "train" in stats or metrics:
+        blocks = []
+        if "train" in stats:
+            t = stats["train"]
+            blocks.append(Table(["steps", "tokens", "params", "ZeRO stage", "processes", "final loss", "seconds"],
+                                [[t["steps"], f"{t['tokens']:,}", f"{t['params']:,}", t.get("zero_stage", "-"), t.get("world_size", "-"),
+                                  f"{t['final_loss']:.4f}", t["seconds"]]]))
+        if metrics:
+            blocks.append(Image("training_curves.png", _training_curves_png(metrics), "training loss and learning rate per step"))
+        sections.append(Section("Training", blocks))
+
     if "eval" in stats:
         e = stats["eval"]
-        rows = [[f"{split} ({model})", f"{e[f'{p}{split}_loss']:.4f}", f"{e[f'{p}{split}_perplexity']:.2f}",
-                 f"{e[f'{p}{split}_bits_per_byte']:.3f}"]
-                for split in ("val", "heldout") for model, p in (("trained", ""), ("untrained", "untrained_"))]
-        out += ["## Evaluation", "", markdown_table(["set (model)", "loss", "perplexity", "bits/byte"], rows), "",
-                f"val: {e['val_tokens']:,} tokens of this run's validation shards; heldout: {e['heldout_tokens']:,} "
-                "tokens of WikiText-2 text shipped with tokenmill. Bits per byte do not depend on the tokenizer.", "",
-                "### Samples", "",
-                markdown_table(["prompt", "greedy", "sampled"], [[_cell(s["prompt"]), _cell(s["greedy"]), _cell(s["sampled"])]
-                                                          for s in e["samples"]]), ""]
-    return "\n".join(out)
+        blocks = [Table(["set (model)", "loss", "perplexity", "bits/byte"], _eval_rows(e)),
+                  f"val: {e['val_tokens']:,} tokens of this run's validation shards; heldout: {e['heldout_tokens']:,} "
+                  "tokens of WikiText-2 text shipped with tokenmill. Bits per byte do not depend on the tokenizer.",
+                  *_lm_eval_blocks(e.get("lm_eval"))]
+        sections.append(Section("Evaluation", blocks))
+    checkpoints = checkpoint_evals(run_dir)
+    if checkpoints:
+        rows = [[step, f"{c['val_loss']:.4f}", f"{c['val_perplexity']:.2f}", f"{c['heldout_bits_per_byte']:.3f}",
+                 _fmt(c.get("lm_eval", {}).get("trained", {}).get("tokenmill_cloze", {}).get("acc"), 3)]
+                for step, c in checkpoints.items()]
+        sections.append(Section("Checkpoint evaluations", [
+            "Kept intermediate checkpoints evaluated with `tokenmill evaluate --checkpoint STEP` (eval/step-<N>/).",
+            Table(["step", "val loss", "val perplexity", "held-out bits/byte", "cloze acc"], rows)]))
+    if "eval" in stats and stats["eval"].get("samples"):
+        sections.append(Section("Samples", [
+            "Greedy and sampled (temperature, top-k) continuations of fixed prompts by the trained model.",
+            Table(["prompt", "greedy", "sampled"], [[s["prompt"], s["greedy"], s["sampled"]] for s in stats["eval"]["samples"]])]))
+
+    tasks = finetune_metrics(run_dir)
+    if tasks:
+        blocks = []
+        for task, m in tasks.items():
+            blocks += [("h3", task), *_finetune_blocks(task, m)]
+        sections.append(Section("Fine-tune", blocks))
+
+    config_url = io.join(run_dir, "config.yaml")
+    sections.append(Section("Config", [Pre(io.read_bytes(config_url).decode()) if io.exists(config_url)
+                                       else "No config.yaml in the run directory (the train flow saves the run's config there)."]))
+    sections.append(Section("Environment", [Table(["package", "version"], [*package_versions(), ["git commit", git_commit()]])]))
+    return sections
+
+
+def _md_block(block, images: dict[str, bytes]) -> str:
+    if isinstance(block, str):
+        return block
+    if isinstance(block, tuple):
+        return f"### {block[1]}"
+    if isinstance(block, Table):
+        return markdown_table(block.header, [[_cell(str(c)) for c in row] for row in block.rows])
+    if isinstance(block, Image):
+        images[block.name] = block.png
+        return f"![{block.alt}]({ASSETS}/{block.name})"
+    if isinstance(block, Pre):
+        return "```yaml\n" + block.text.replace("```", "` ` `").rstrip() + "\n```"
+    raise TypeError(block)
+
+
+def render_markdown(run_dir: str, sections: list[Section]) -> tuple[str, dict[str, bytes]]:
+    """report.md and the PNGs it links to (by file name, under report_files/)."""
+    images: dict[str, bytes] = {}
+    out = [f"# tokenmill run `{run_dir.rstrip('/').rsplit('/', 1)[-1]}`", "", f"Run directory: `{run_dir}`", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        for block in s.blocks:
+            out += [_md_block(block, images), ""]
+    return "\n".join(out), images
+
+
+def render_report(run_dir: str) -> str:
+    return render_markdown(run_dir, report_sections(run_dir))[0]
+
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f5f6f8}
+main{max-width:1100px;margin:0 auto;padding:24px 32px 64px;background:#fff}
+h1{font-size:26px;margin:8px 0 4px}h2{font-size:20px;margin:32px 0 10px;padding-bottom:4px;border-bottom:2px solid #dde3ea}
+h3{font-size:16px;margin:20px 0 8px}nav{font-size:13px;margin:8px 0 16px}nav a{margin-right:12px;color:#2563eb;text-decoration:none}
+.meta{color:#5b6574;font-size:13px}table{border-collapse:collapse;margin:8px 0;font-size:13px;max-width:100%}
+th,td{border:1px solid #dde3ea;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f0f3f7}
+td{max-width:420px;overflow-wrap:anywhere;white-space:pre-wrap}tr:nth-child(even) td{background:#fafbfc}
+img{max-width:100%;border:1px solid #e5e8ec;margin:8px 0}pre{background:#f6f8fa;border:1px solid #e5e8ec;padding:10px;
+font-size:12px;overflow:auto;max-height:480px}
+"""
+
+
+def _html_text(text: str) -> str:
+    """Escaped, with markdown's `code` spans as <code> (our own prose only; data goes into tables)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _html_block(block) -> str:
+    if isinstance(block, str):
+        return f"<p>{_html_text(block)}</p>"
+    if isinstance(block, tuple):
+        return f"<h3>{html.escape(block[1])}</h3>"
+    if isinstance(block, Table):
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block.header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if isinstance(block, Image):
+        data = base64.b64encode(block.png).decode()
+        return f'<img alt="{html.escape(block.alt)}" src="data:image/png;base64,{data}">'
+    if isinstance(block, Pre):
+        return f"<pre>{html.escape(block.text)}</pre>"
+    raise TypeError(block)
+
+
+def render_html(run_dir: str, sections: list[Section]) -> str:
+    name = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    anchors = [f"s{i}" for i in range(len(sections))]
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             # no network: everything the page shows is inline
+             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
+             f"<title>tokenmill run {html.escape(name)}</title><style>{CSS}</style></head><body><main>",
+             f"<h1>tokenmill run <code>{html.escape(name)}</code></h1>",
+             f'<div class="meta">Run directory: <code>{html.escape(run_dir)}</code></div>',
+             "<nav>" + "".join(f'<a href="#{a}">{html.escape(s.title)}</a>' for a, s in zip(anchors, sections)) + "</nav>"]
+    for anchor, s in zip(anchors, sections):
+        parts.append(f'<section id="{anchor}"><h2>{html.escape(s.title)}</h2>')
+        parts += [_html_block(b) for b in s.blocks]
+        parts.append("</section>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts)
+
+
+def _write_if_changed(url: str, data: bytes) -> None:
+    """Left as it is when unchanged, so a rerun that changes nothing writes nothing."""
+    if not io.exists(url) or io.read_bytes(url) != data:
+        io.write_bytes(url, data)
+
+
+def write_run_config(run_dir: str, config: dict) -> None:
+    """<run>/config.yaml: the configuration the run was trained with."""
+    import yaml
+
+    _write_if_changed(io.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False).encode())
+
+
+def write_reports(run_dir: str) -> tuple[str, str]:
+    """Write <run>/report.md (+ report_files/*.png) and the self-contained <run>/report.html from what
+    the run directory holds now; call it again after a later flow (fine-tune, a checkpoint eval)."""
+    sections = report_sections(run_dir)
+    markdown, images = render_markdown(run_dir, sections)
+    for name, png in images.items():
+        _write_if_changed(io.join(run_dir, ASSETS, name), png)
+    md_url, html_url = io.join(run_dir, "report.md"), io.join(run_dir, "report.html")
+    _write_if_changed(md_url, markdown.encode())
+    _write_if_changed(html_url, render_html(run_dir, sections).encode())
+    return md_url, html_url
+
+
+def metric_rows(run_dir: str) -> list[dict]:
+    """The run's evaluation metrics as table rows (the Prefect table artifact)."""
+    stats = load_stats(run_dir)
+    rows: list[dict] = []
+    e = stats.get("eval")
+    if e:
+        for split in ("val", "heldout"):
+            for metric in ("loss", "perplexity", "bits_per_byte"):
+                rows.append({"model": "final", "set": split, "metric": metric,
+                             "trained": round(e[f"{split}_{metric}"], 4), "untrained": round(e[f"untrained_{split}_{metric}"], 4)})
+        lm = e.get("lm_eval", {})
+        for task, metrics in lm.get("trained", {}).items():
+            for metric, value in metrics.items():
+                if not metric.endswith("_stderr") and metric != "samples":
+                    rows.append({"model": "final", "set": task, "metric": metric, "trained": round(value, 4),
+                                 "untrained": round(lm.get("untrained", {}).get(task, {}).get(metric, float("nan")), 4)})
+    for step, c in checkpoint_evals(run_dir).items():
+        for split in ("val", "heldout"):
+            rows.append({"model": f"step {step}", "set": split, "metric": "perplexity",
+                         "trained": round(c[f"{split}_perplexity"], 4), "untrained": round(c[f"untrained_{split}_perplexity"], 4)})
+    return rows
 
 
 COMPARED = (("train", "steps"), ("train", "final_loss"), ("eval", "val_perplexity"), ("eval", "val_bits_per_byte"),
-            ("eval", "heldout_perplexity"), ("eval", "heldout_bits_per_byte"))
+            ("eval", "heldout_perplexity"), ("eval", "heldout_bits_per_byte"), ("eval", "cloze_acc"))
+
+
+def _compare_cells(name: str, stats: dict[str, dict]) -> list[str]:
+    cells = [name]
+    for stage, key in COMPARED:
+        if key == "cloze_acc":
+            value = stats.get("eval", {}).get("lm_eval", {}).get("trained", {}).get("tokenmill_cloze", {}).get("acc")
+        else:
+            value = stats.get(stage, {}).get(key)
+        cells.append("-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.4g}")
+    return cells
 
 
 def compare_rows(run_dirs: list[str]) -> tuple[list[str], list[list[str]]]:
-    """A header and one row per run of the metrics runs can be compared on."""
+    """A header and one row per run (and per evaluated checkpoint, `run@step<N>`) of the metrics runs can be compared on."""
     header = ["run", *(key for _, key in COMPARED)]
     rows = []
     for run_dir in run_dirs:
         stats = load_stats(run_dir)
-        cells = [run_dir.rstrip("/").rsplit("/", 1)[-1]]
-        for stage, key in COMPARED:
-            value = stats.get(stage, {}).get(key)
-            cells.append("-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.4g}")
-        rows.append(cells)
+        name = run_dir.rstrip("/").rsplit("/", 1)[-1]
+        for step, c in checkpoint_evals(run_dir).items():
+            rows.append(_compare_cells(f"{name}@step{step}", {"train": {"steps": step}, "eval": c}))
+        rows.append(_compare_cells(name, stats))
     return header, rows

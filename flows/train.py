@@ -13,6 +13,7 @@ from training import launch
 from training.metrics import final_table, loss_curve_png, read_metrics
 
 from .config import RunConfig
+from .report import write_run_config
 from .runtime import stage
 
 
@@ -37,6 +38,7 @@ def publish_artifacts(config: RunConfig, summary: dict) -> None:
 @flow(name="train", log_prints=True)
 def train(config: RunConfig) -> dict:
     out_dir = io.join(config.run_dir, "train")
+    write_run_config(config.run_dir, config.model_dump(mode="json"))  # what the report shows as "config used"
 
     def job():
         summary = run_training_job(config)

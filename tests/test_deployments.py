@@ -19,6 +19,7 @@ TINY = [
     "curate.tokenizer.vocab_size=512", "curate.tokens.seq_len=32", "curate.tokens.val_fraction=0.1",
     "train.model={n_layer: 1, n_head: 2, d_model: 32}", "train.nproc=1", "train.max_steps=8",
     "train.warmup_steps=2", "train.save_every=8", "evaluate.max_val_rows=16", "evaluate.max_new_tokens=4",
+    "evaluate.lm_eval=false",  # lm-eval is tested in test_evaluate_report and test_end_to_end
     "ray.num_cpus=1", "ray.dashboard=false",
 ]
 

@@ -30,7 +30,7 @@ train:
   warmup_steps: 5
   save_every: 20
   log_every: 10
-evaluate: {max_val_rows: 64, max_new_tokens: 8}
+evaluate: {max_val_rows: 64, max_new_tokens: 8, lm_eval_limit: 40}
 ray: {num_cpus: 2, dashboard: false}
 """
 STAGES = ("read", "quality", "dedup")
@@ -129,6 +129,21 @@ def test_evaluation_beats_the_untrained_model_and_report_is_written(run):
     report = (run_dir / "report.md").read_text()
     assert "## Data funnel" in report and "val perplexity" in report
     assert "docs read" in first and "final train loss" in first and "val perplexity" in first
+    lm = ev["lm_eval"]  # a real offline lm-eval run on the run's export, next to the untrained model
+    assert 0 <= lm["trained"]["tokenmill_cloze"]["acc"] <= 1 and lm["trained"]["tokenmill_cloze"]["samples"] == 40
+    assert lm["trained"]["tokenmill_wikitext"]["bits_per_byte"] < lm["untrained"]["tokenmill_wikitext"]["bits_per_byte"]
+
+
+def test_report_html_has_every_section_of_the_run_and_loads_nothing(run):
+    run_dir, _, _, _ = run
+    page = (run_dir / "report.html").read_text()
+    assert re.findall(r"<h2>(.*?)</h2>", page) == ["Summary", "Data funnel", "Duplicates", "Tokens", "Training",
+                                                   "Evaluation", "Samples", "Config", "Environment"]
+    assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', page)) == 2  # cluster sizes, training curves
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+    assert "max_steps: 40" in page  # the config the run was trained with (runs/<id>/config.yaml)
+    md = (run_dir / "report.md").read_text()
+    assert "(report_files/dedup_clusters.png)" in md and (run_dir / "report_files" / "dedup_clusters.png").exists()
 
 
 def test_rerun_with_the_same_run_id_does_no_work(run):

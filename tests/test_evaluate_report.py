@@ -1,0 +1,144 @@
+"""The evaluate flow on a kept checkpoint and on the final weights of a tiny trained run (real Prefect,
+real DeepSpeed checkpoints, a real offline lm-eval call on the local tasks), and the report it writes:
+report.html self-contained and escaped, every section present, checked in headless Chromium when there is one."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.config import RunConfig
+from flows.report import compare_rows, write_reports
+from training.config import EvalConfig
+
+pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra; pip install -e '.[dev]'")
+
+XSS = "<script>alert('x')</script><img src=x onerror=alert(1)> The city"
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run, tmp_path_factory):
+    """A copy of the ZeRO-2 tiny run (checkpoints at steps 8 and 12), evaluated at step 8 and at the end."""
+    from flows.evaluate import evaluate
+    from flows.server import prefect_api
+
+    src = trained_run(2)
+    run_dir = tmp_path_factory.mktemp("evaluated") / "r"
+    run_dir.mkdir()
+    (run_dir / "tokens").symlink_to(Path(src / "tokens").resolve())
+    shutil.copytree(src / "train", run_dir / "train")
+    config = RunConfig(output_dir=str(run_dir.parent), run_id="r", evaluate=EvalConfig(
+        max_val_rows=16, max_new_tokens=6, prompts=[XSS, "In this article"], lm_eval_limit=24, lm_eval_batch_size=8))
+    with prefect_api():
+        at_step = evaluate(config, checkpoint=8)
+        final = evaluate(config)
+    return run_dir, at_step, final
+
+
+def test_a_kept_checkpoint_is_evaluated_apart_from_the_final_weights(evaluated):
+    run_dir, at_step, final = evaluated
+    step = json.loads((run_dir / "eval" / "step-8" / "_stats.json").read_text())
+    assert step["step"] == 8 and at_step["step"] == 8 and final["step"] is None
+    assert json.loads((run_dir / "eval" / "_stats.json").read_text())["step"] is None  # not overwritten by the step eval
+    # step 8 of 12 is a different model: same data, different loss; both better than untrained
+    assert step["val_loss"] != final["val_loss"]
+    assert step["val_perplexity"] < step["untrained_val_perplexity"] and final["val_perplexity"] < final["untrained_val_perplexity"]
+    assert (run_dir / "eval" / "step-8" / "export" / "model.safetensors").exists()
+    header, rows = compare_rows([str(run_dir)])
+    assert [r[0] for r in rows] == ["r@step8", "r"] and "cloze_acc" in header
+
+
+def test_lm_eval_runs_offline_on_the_local_tasks(evaluated):
+    run_dir, at_step, final = evaluated
+    for result in (at_step["lm_eval"], final["lm_eval"]):
+        for model in ("trained", "untrained"):
+            cloze, wikitext = result[model]["tokenmill_cloze"], result[model]["tokenmill_wikitext"]
+            assert 0 <= cloze["acc"] <= 1 and cloze["samples"] == 24
+            assert math.isfinite(wikitext["word_perplexity"]) and wikitext["bits_per_byte"] > 0
+        # rolling loglikelihood of WikiText articles: the trained model predicts text better than random init
+        assert result["trained"]["tokenmill_wikitext"]["bits_per_byte"] < result["untrained"]["tokenmill_wikitext"]["bits_per_byte"]
+    raw = json.loads((run_dir / "eval" / "lm_eval.json").read_text())
+    assert set(raw["trained"]["results"]) == {"tokenmill_cloze", "tokenmill_wikitext"}
+    assert (run_dir / "export" / "config.json").exists()  # lm-eval scored the run's export
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    assert not (Path(os.environ["HOME"]) / ".cache" / "huggingface").exists()  # caches stayed in the run
+    assert not (run_dir / "eval" / "lm_eval_work").exists()
+
+
+def test_missing_checkpoint_step_is_a_clear_error(evaluated):
+    run_dir, _, _ = evaluated
+    for args in (["evaluate", "--run-id", "r", "--output-dir", str(run_dir.parent), "--checkpoint", "5"],
+                 ["export", str(run_dir), "--out", str(run_dir / "hf5"), "--checkpoint", "5"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code in (1, 2), result.output
+        output = " ".join(result.output.split())  # rich wraps long lines
+        assert "no checkpoint of step 5" in output and "kept steps: 8, 12" in output
+    assert not (run_dir / "eval" / "step-5").exists()
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.refs += [(tag, k, v or "") for k, v in attrs if k in ("src", "href", "srcset", "action", "data")]
+
+
+def _finetune_metrics(run_dir: Path) -> None:
+    """A fine-tune result in the fine-tune flow's contract (labels from data: escaped like everything else)."""
+    def model(acc):
+        return {"accuracy": acc, "macro_precision": acc, "macro_recall": acc, "macro_f1": acc,
+                "per_class": {"<b>good</b>": {"precision": acc, "recall": acc, "f1": acc, "support": 10},
+                              "bad": {"precision": acc, "recall": acc, "f1": acc, "support": 10}},
+                "confusion": [[7, 3], [3, 7]]}
+    out = run_dir / "finetune" / "quality"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"task": "quality", "labels": ["<b>good</b>", "bad"], "train_docs": 80, "heldout_docs": 20,
+                                                  "models": {"pretrained": model(0.7), "random_init": model(0.55), "majority": model(0.5)}}))
+
+
+def test_report_html_is_self_contained_escaped_and_has_every_section(evaluated):
+    run_dir, _, _ = evaluated
+    _finetune_metrics(run_dir)
+    write_reports(str(run_dir))  # what the fine-tune flow calls at its end
+    page = (run_dir / "report.html").read_text()
+    links = _Links()
+    links.feed(page)
+    for tag, attr, value in links.refs:
+        assert value.startswith("#") or (tag == "img" and attr == "src" and value.startswith("data:image/png;base64,")), (tag, attr, value[:80])
+    assert links.tags.count("img") == 1  # the training curves (this run has no dedup stage)
+    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "<b>good</b>" not in page and "&lt;b&gt;good&lt;/b&gt;" in page
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings == ["Summary", "Training", "Evaluation", "Checkpoint evaluations", "Samples", "Fine-tune", "Config", "Environment"]
+    assert "lm-evaluation-harness" in page and "tokenmill_cloze" in page and "git commit" in page
+    md = (run_dir / "report.md").read_text()
+    assert re.findall(r"^## (.*)$", md, flags=re.M) == headings
+    assert "| macro F1 |" in md and "![training loss and learning rate per step](report_files/training_curves.png)" in md
+    assert (run_dir / "report_files" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    shutil.rmtree(run_dir / "finetune")
+    write_reports(str(run_dir))
+
+
+def test_report_renders_in_headless_chromium(evaluated, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium) to render report.html")
+    run_dir, _, _ = evaluated
+    from bench.report_screenshot import screenshot
+
+    shot = screenshot(run_dir / "report.html", tmp_path / "report.png", chromium=chromium)
+    assert shot["png_bytes"] > 20_000 and shot["images"] == shot["images_decoded"] >= 1
+    assert {"Summary", "Evaluation", "Samples", "Environment"} <= set(shot["headings"])
