@@ -242,7 +242,8 @@ def compare(run_ids: List[str] = typer.Argument(..., help="run ids (under --outp
     table = Table(*header)
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    # piped output: wide enough for every metric's full name (a 120-column console folds them)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     if out:
         out.write_text(markdown_table(header, rows) + "\n")
 

@@ -134,7 +134,12 @@ def _bar_chart_png(labels: list[str], values: list[int], title: str, xlabel: str
     bars = ax.bar(labels, values, color="tab:blue")
     ax.bar_label(bars, fontsize=8)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.set_yscale("log" if values and max(values) > 50 * max(min(values), 1) else "linear")
+    if values and max(values) > 50 * max(min(values), 1):
+        ax.set_yscale("log")
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.2 clusters
     fig.tight_layout()
     return _png(fig)
 
@@ -224,7 +229,7 @@ def _lm_eval_blocks(lm: dict | None) -> list:
 def _finetune_blocks(task: str, m: dict) -> list:
     labels = m["labels"]
     models = m["models"]
-    blocks: list = [f"{m.get('train_docs', '?'):,} training and {m.get('heldout_docs', '?'):,} held-out documents; "
+    blocks: list = [f"{_fmt(m.get('train_docs'))} training and {_fmt(m.get('heldout_docs'))} held-out documents; "
                     f"labels: {', '.join(map(str, labels))}.",
                     Table(["model", "accuracy", "macro precision", "macro recall", "macro F1"],
                           [[name, *(f"{mm[k]:.3f}" for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1"))]

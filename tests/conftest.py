@@ -48,7 +48,7 @@ def curated_files(run_dir: Path) -> dict[str, str]:
     out = {}
     for p in sorted(run_dir.rglob("*")):
         rel = p.relative_to(run_dir).as_posix()
-        if p.is_file() and not rel.startswith(("train/", "eval/")) and (
+        if p.is_file() and not rel.startswith(("train/", "eval/", "export/")) and (
                 p.suffix in (".parquet", ".arrow") or p.name in ("tokenizer.json", "manifest.json")):
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
