@@ -213,7 +213,7 @@ def e2e_bench(replicas: int) -> None:
 
 def datatrove_bench(replicas: int) -> None:
     """datatrove 0.10.1's four MinHash steps (LocalPipelineExecutor, 1 worker) vs tokenmill's steps
-    (run_local, this process) on the same JSONL corpus, the same 5-grams, 9 x 13 buckets and seed."""
+    (run_local, this process) on the same JSONL corpus, the same 5-grams, bands x rows and seed."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashConfig
@@ -258,7 +258,7 @@ def datatrove_bench(replicas: int) -> None:
     print(f"docs/s tokenmill vs datatrove: {theirs_s / ours_s:.1f}x (datatrove's time includes its per-task startup)")
     print(f"Jaccard of the removed-doc sets: {len(ours & theirs) / max(len(ours | theirs), 1):.3f} "
           f"({len(ours - theirs)} only tokenmill, {len(theirs - ours)} only datatrove). The perturbed copies are ~0.83 "
-          "similar (true Jaccard of 5-grams), where 9 x 13 LSH finds a pair about half the time, so two independent "
+          "similar (true Jaccard of 5-grams), where the LSH bands find a pair only part of the time, so two independent "
           "hash functions agree on about half of them.")
 
 

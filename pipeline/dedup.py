@@ -118,8 +118,10 @@ def signatures(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> np.ndarra
 
 
 def lsh_params(cfg: DedupConfig) -> tuple[int, int]:
-    """(bands, rows) minimising false positives + negatives at the threshold (datasketch's routine)."""
-    return _optimal_param(cfg.threshold, cfg.num_perm, 0.5, 0.5)
+    """(bands, rows) from datasketch's routine, weighting missed pairs 4x false candidates: verification
+    drops false candidates afterwards, a missed pair is lost (12 x 10 for 0.8 and 128: recall 0.944 vs
+    0.884 with equal weights on bench/dedup_quality.py, precision 1.000 both)."""
+    return _optimal_param(cfg.threshold, cfg.num_perm, 0.2, 0.8)
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

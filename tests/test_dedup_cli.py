@@ -89,7 +89,7 @@ def test_dedup_cli_writes_kept_and_rejected_docs_with_their_own_ids(runs):
     assert {r["duplicate_of"] for r in rejected} <= set(kept)  # every duplicate points at a kept doc
     stats = json.loads((out / "dedup" / "_stats.json").read_text())
     assert stats["docs_in"] == 26 and stats["rejected"] == {"dedup.exact": 2, "dedup.near": 3}
-    assert stats["partitions"] == 4 and (stats["bands"], stats["rows"]) == (9, 13)
+    assert stats["partitions"] == 4 and (stats["bands"], stats["rows"]) == (12, 10)
     assert stats["cluster_sizes"] == {"2": 3, "3": 1}
     assert (out / "dedup" / "_SUCCESS").exists() and not (out / "dedup" / "_work" / "bands").exists()
     assert "duplicates removed (exact + near)" in stdout
