@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from .config import FinetuneConfig
 from .data import RankBatches, load_manifest
 from .launch import run_module
 from .model import ModelConfig, Transformer
-from .train import _setup_accelerator, consolidated_state, ds_config, param_groups
+from .train import consolidated_state, ds_config, init_distributed, param_groups
 
 DATA = Path(__file__).parent / "data" / "finetune"
 
@@ -173,13 +172,7 @@ def train_variant(variant: str, job: dict, cfg: FinetuneConfig, data: dict, rank
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     cfg = FinetuneConfig(**job["finetune"])
-    backend = _setup_accelerator()
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend=backend)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    rank, world = init_distributed()
     with np.load(job["data"]) as npz:  # no pickle: plain arrays only
         data = {k: npz[k] for k in npz.files}
     results = {variant: train_variant(variant, job, cfg, data, rank, world) for variant in VARIANTS}

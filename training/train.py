@@ -79,6 +79,17 @@ def _setup_accelerator() -> str:
     return "gloo"
 
 
+def init_distributed() -> tuple[int, int]:
+    """Join the job's process group (gloo on CPU, NCCL on this rank's GPU); (rank, world size)."""
+    backend = _setup_accelerator()
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
 def consolidated_state(engine, zero_stage: int, rank: int) -> dict | None:
     """Full model weights on rank 0 (None elsewhere); under ZeRO-3 every rank must take part."""
     if zero_stage == 3:
@@ -114,13 +125,8 @@ def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     cfg = TrainConfig(**job["train"])
     tokens_dir, out_dir = Path(job["tokens_dir"]), Path(job["out_dir"])
-    backend = _setup_accelerator()
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend=backend)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    rank, world = init_distributed()
+    import deepspeed  # after init_distributed chose the accelerator
 
     manifest = load_manifest(tokens_dir, verify=rank == 0)
     model_cfg = cfg.resolve_model(manifest["vocab_size"], manifest["seq_len"])
