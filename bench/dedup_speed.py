@@ -153,7 +153,7 @@ def signatures_bench() -> None:
 
     def ratio(name, against):
         slow, fast = times[name], times[against]
-        return f"{slow[1] / fast[1]:.1f}x CPU, {slow[0] / fast[0]:.1f}x wall"
+        return f"{slow[1] / fast[1]:.2f}x CPU, {slow[0] / fast[0]:.2f}x wall"
 
     print(f"\ntokenmill from raw text vs datasketch given the same shingles (goal >= 10x): {ratio(base_name, ours_name)}")
     print(f"tokenmill from raw text vs datasketch from raw text: {ratio(rows[1][0], ours_name)}")

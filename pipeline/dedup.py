@@ -68,8 +68,8 @@ def normalize_batch(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.n
     """(code points, offsets, no-space share) of a batch's normalised texts: NFKC-case-folded words
     joined by single spaces (uint32 code points, doc d is [offsets[d], offsets[d + 1])), and per doc
     the share of its characters in a script written without spaces."""
-    texts = kernels.nfkc_where_not_nfc(texts)
-    return kernels.normalize(*kernels.utf8_buffers(texts), *kernels.char_tables())
+    texts = kernels.nfkc_where_needed(kernels.strings(texts))
+    return kernels.normalize(*kernels.utf8_buffers(texts), *kernels.char_tables()[:4])
 
 
 def normalize(text: str) -> str:
@@ -85,11 +85,17 @@ def no_space_script(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def shingle_hashes(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     """(32-bit shingle hashes, offsets): doc d's are hashes[offsets[d]:offsets[d + 1]], one at least.
 
-    Word n-grams (cfg.ngram), or character n-grams (cfg.char_ngram) for text without spaces."""
-    text, offsets, share = normalize_batch(texts)
-    by_chars = share > NO_SPACE_SHARE
-    tokens, token_offsets = kernels.token_hashes(text, offsets, by_chars)
-    return kernels.ngram_hashes(tokens, token_offsets, np.where(by_chars, cfg.char_ngram, cfg.ngram))
+    Word n-grams (cfg.ngram), or character n-grams (cfg.char_ngram) for text without spaces, of the
+    texts as normalize_batch normalises them, in one pass over the bytes without the normalised text."""
+    texts = kernels.strings(texts)
+    tables = kernels.char_tables()
+    hashes, offsets, needed = kernels.shingle_hashes(*kernels.utf8_buffers(texts), *tables, cfg.ngram, cfg.char_ngram)
+    rows = np.flatnonzero(needed)
+    if len(rows):  # the few docs whose NFKC may not be per character: again, from their NFKC
+        redone, redone_offsets, _ = kernels.shingle_hashes(*kernels.utf8_buffers(kernels.nfkc(texts, rows)), *tables,
+                                                           cfg.ngram, cfg.char_ngram)
+        hashes, offsets = kernels.replace_docs(hashes, offsets, rows, redone, redone_offsets)
+    return hashes, offsets
 
 
 def shingle_texts(text: str, n: int) -> set[str]:

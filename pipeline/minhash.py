@@ -2,16 +2,18 @@
 
 Each kernel is one loop over the characters (or hashes) of every document of a batch, compiled by
 numba (cached in __pycache__: compiled once per installation, later processes load it). Python only
-passes arrays in and out; the Unicode knowledge is in two tables built once per process from
-`unicodedata` (char_tables).
+passes arrays in and out; the Unicode knowledge is in tables built once per process from
+`unicodedata` (char_tables). Shingle hashes are made in one pass over the UTF-8 bytes, without
+writing the normalised text (shingle_hashes); `normalize` writes it, for exact dedup.
 
 Normalisation, per character: NFKC then case folding (`unicodedata.normalize("NFKC", c).casefold()`,
 so "ﬁ" -> "fi", "Ａ" -> "a", "ß" -> "ss", "\\xa0" -> " "). A word is a run of letters, digits and
 combining marks (Unicode L*, N*, M*); anything else (spaces, punctuation, symbols) separates words.
-The normalised text is the words joined by single spaces. Per character is exactly NFKC for text
-already in NFC (almost all web text); a document that is not (decomposed accents, marks out of
-canonical order) is first normalised as a whole with NFKC (nfkc_where_not_nfc: a kernel finds the
-few documents with a character NFC may change, Python checks and normalises those).
+The normalised text is the words joined by single spaces. Per character is exactly the whole text's
+NFKC unless characters interact under NFKC (a combining mark or a character that composes with the
+one before it, next to a character it reorders or composes with; see JOINS and COMPAT_EDGE): the few
+documents where that can happen (decomposed accents, halfwidth "ｶﾞ", compatibility Hangul jamo) are
+normalised as a whole with NFKC first, in Python (see _joins).
 
 A document mostly (NO_SPACE_SHARE of its word characters) in a script written without spaces (CJK,
 kana, Thai, Lao, Tibetan, Myanmar, Khmer) is shingled by characters instead of words.
@@ -40,7 +42,11 @@ NO_SPACE_SHARE = 0.3  # share of word characters in a no-space script above whic
 
 WORD = np.uint8(1)  # char class bit: a letter, digit or combining mark
 NO_SPACE = np.uint8(2)  # char class bit: in a script written without spaces between words
-NFC_SUSPECT = np.uint8(4)  # char class bit: NFC may change a text with it (not NFC_QC=Yes, or a combining class)
+JOINS = np.uint8(4)  # char class bit: under NFKC it may join the character before it (see char_tables)
+COMPAT_EDGE = np.uint8(8)  # char class bit: its NFKD is not its NFD, and may join or be joined at an end
+NFC_NO = np.uint8(16)  # char class bit: NFC changes it on its own (NFC_Quick_Check=No)
+COMPOSES_NEXT = np.uint8(32)  # char class bit: first of a canonical pair that composes (Hangul lead, LV syllable)
+COMPOSES_PREV = np.uint8(64)  # char class bit: second of a canonical pair that composes (NFC_Quick_Check=Maybe)
 
 # Unicode blocks of scripts written without spaces between words: Thai, Lao, Tibetan, Myanmar, Khmer,
 # kana, CJK (with extensions and compatibility ideographs).
@@ -52,7 +58,7 @@ _B = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial hashes
 _M64A, _M64B = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)  # MurmurHash3 fmix64
 _M32A, _M32B = np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35)  # MurmurHash3 fmix32 (datasketch's pre-mix)
 _S16, _S13, _S33, _S32 = np.uint32(16), np.uint32(13), np.uint64(33), np.uint64(32)
-_ZERO, _SPACE, _MAX32 = np.uint64(0), np.uint32(0x20), np.uint32(0xFFFFFFFF)
+_ZERO, _ONE_U, _SPACE, _MAX32 = np.uint64(0), np.uint64(1), np.uint32(0x20), np.uint32(0xFFFFFFFF)
 _ONE, _TWO, _THREE, _FOUR = np.int64(1), np.int64(2), np.int64(3), np.int64(4)
 _LONGEST_FOLD = 18  # code points of the longest per-character NFKC case folding (U+FDFA)
 
@@ -61,25 +67,49 @@ _LONGEST_FOLD = 18  # code points of the longest per-character NFKC case folding
 
 
 @functools.lru_cache(maxsize=1)
-def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(fold, expansions, expansion_offsets, classes) over all code points (~0.5 s of CPU, once per process).
+def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(fold, expansions, expansion_offsets, classes, ccc, pairs) over all code points (~0.6 s of CPU,
+    once per process).
 
     fold[c] is the folded code point of c, or -(k + 1) when c folds to several:
-    expansions[expansion_offsets[k]:expansion_offsets[k + 1]]. classes[c] has the WORD, NO_SPACE and
-    NFC_SUSPECT bits. Planes 4-13 are unassigned and 15-16 private use: kept as they are, not words."""
+    expansions[expansion_offsets[k]:expansion_offsets[k + 1]]. classes[c] has the bits above, ccc[c]
+    is c's canonical combining class, pairs the sorted (first << 21 | second) of the canonical pairs
+    that compose (Hangul's are left out: its classes say all). Planes 4-13 are unassigned and 15-16 private use: kept as they are, not words.
+
+    JOINS: a combining mark, a character that composes with the one before it (the second of a
+    canonical pair, Hangul vowels and tails), one whose NFKD starts with either (halfwidth "ﾞ" ->
+    U+3099, which makes "ｶﾞ" "ガ"), or one NFC changes. COMPAT_EDGE: a character whose compatibility
+    decomposition differs from its canonical one and starts with a joining character or ends with a
+    combining mark or a character that something composes with ("ª" -> "a", so "ª\u0301" is "á").
+    A text's NFKC is its per-character NFKC unless it has a JOINS character after a COMPAT_EDGE one
+    (or one that is both), or is not in NFC (see _joins)."""
     fold = np.arange(0x110000, dtype=np.int32)
     classes = np.zeros(0x110000, np.uint8)
+    ccc = np.zeros(0x110000, np.uint8)
     expansions: list[int] = []
     offsets = [0]
+    composes_with_previous = {c for lo, hi in HANGUL_VOWELS_AND_TAILS for c in range(lo, hi + 1)}
+    composes_with_next = set(range(0x1100, 0x1113)) | set(range(0xAC00, 0xD7A4, 28))  # Hangul lead jamo, LV syllables
+    pairs: list[int] = []
+    nfkd_ends: dict[int, tuple[str, str, bool]] = {}  # c -> first and last of its NFKD, is it not its NFD
     for c in itertools.chain(range(0xD800), range(0xE000, 0x40000), range(0xE0000, 0xE1000)):
         ch = chr(c)
         if unicodedata.category(ch)[0] in "LNM":
             classes[c] |= WORD
-        if unicodedata.combining(ch) or unicodedata.normalize("NFC", ch) != ch:
-            classes[c] |= NFC_SUSPECT
-        parts = unicodedata.decomposition(ch).split()
-        if len(parts) == 2 and not parts[0].startswith("<") and unicodedata.normalize("NFC", ch) == ch:
-            classes[int(parts[1], 16)] |= NFC_SUSPECT  # composes with the character before it
+        ccc[c] = unicodedata.combining(ch)
+        if unicodedata.normalize("NFC", ch) != ch:
+            classes[c] |= NFC_NO | JOINS
+        if ccc[c]:
+            classes[c] |= JOINS
+        decomposition = unicodedata.decomposition(ch)
+        if decomposition:
+            parts = decomposition.split()
+            if len(parts) == 2 and not parts[0].startswith("<") and unicodedata.normalize("NFC", ch) == ch:
+                pairs.append(int(parts[0], 16) << 21 | int(parts[1], 16))
+                composes_with_next.add(int(parts[0], 16))
+                composes_with_previous.add(int(parts[1], 16))
+            nfkd = unicodedata.normalize("NFKD", ch)
+            nfkd_ends[c] = nfkd[0], nfkd[-1], nfkd != unicodedata.normalize("NFD", ch)
         folded = unicodedata.normalize("NFKC", ch).casefold()
         if len(folded) == 1:
             fold[c] = ord(folded)
@@ -87,11 +117,16 @@ def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             fold[c] = -len(offsets)
             expansions += map(ord, folded)
             offsets.append(len(expansions))
+    classes[list(composes_with_previous)] |= JOINS | COMPOSES_PREV
+    classes[list(composes_with_next)] |= COMPOSES_NEXT
+    for c, (first, last, compat) in nfkd_ends.items():
+        joins = unicodedata.combining(first) or ord(first) in composes_with_previous
+        classes[c] |= JOINS if joins else 0
+        if compat and (joins or unicodedata.combining(last) or ord(last) in composes_with_next):
+            classes[c] |= COMPAT_EDGE
     for lo, hi in NO_SPACE_BLOCKS:
         classes[lo : hi + 1] |= NO_SPACE
-    for lo, hi in HANGUL_VOWELS_AND_TAILS:
-        classes[lo : hi + 1] |= NFC_SUSPECT
-    return fold, np.array(expansions, np.uint32), np.array(offsets, np.int64), classes
+    return fold, np.array(expansions, np.uint32), np.array(offsets, np.int64), classes, ccc, np.unique(np.array(pairs, np.int64))
 
 
 def utf8_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -102,22 +137,39 @@ def utf8_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)), offsets
 
 
-def nfkc_where_not_nfc(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """The texts, with whole-text NFKC applied to those not in NFC (per-character folding is NFKC for
-    the others). Only documents with an NFC_SUSPECT character are looked at in Python."""
+def strings(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One large_string array, nulls as empty strings."""
     texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
-    texts = pc.fill_null(texts.cast(pa.large_string()), "")
-    rows = np.flatnonzero(nfc_suspects(*utf8_buffers(texts), char_tables()[3]))
+    return pc.fill_null(texts.cast(pa.large_string()), "")
+
+
+def nfkc(texts: pa.Array, rows: np.ndarray) -> pa.Array:
+    """Whole-text NFKC of texts[rows]."""
+    return pa.array([unicodedata.normalize("NFKC", s) for s in texts.take(pa.array(rows)).to_pylist()], pa.large_string())
+
+
+def nfkc_where_needed(texts: pa.Array) -> pa.Array:
+    """The texts (see strings()), with whole-text NFKC applied to those whose NFKC may not be their
+    per-character NFKC (see nfkc_needed)."""
+    rows = np.flatnonzero(nfkc_needed(*utf8_buffers(texts), *char_tables()[3:]))
     if len(rows) == 0:
         return texts
-    strings = texts.take(pa.array(rows)).to_pylist()
-    redo = [i for i, s in enumerate(strings) if not unicodedata.is_normalized("NFC", s)]
-    if not redo:
-        return texts
     mask = np.zeros(len(texts), bool)
-    mask[rows[redo]] = True
-    fixed = pa.array([unicodedata.normalize("NFKC", strings[i]) for i in redo], pa.large_string())
-    return pc.replace_with_mask(texts, pa.array(mask), fixed)
+    mask[rows] = True
+    return pc.replace_with_mask(texts, pa.array(mask), nfkc(texts, rows))
+
+
+def replace_docs(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, new_values: np.ndarray,
+                 new_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a batch with docs `rows` (ascending) replaced by the docs of (new_values, new_offsets)."""
+    lengths = np.diff(offsets)
+    lengths[rows] = np.diff(new_offsets)
+    pieces, previous = [], 0
+    for r, row in enumerate(rows):
+        pieces += [values[offsets[previous] : offsets[row]], new_values[new_offsets[r] : new_offsets[r + 1]]]
+        previous = row + 1
+    pieces.append(values[offsets[previous] :])
+    return np.concatenate(pieces), np.concatenate(([0], np.cumsum(lengths)))
 
 
 # ---- per-character steps, inlined into the kernels ---------------------------------------------------
@@ -140,6 +192,35 @@ def _decode(data, i, end):
         if cp < 0x110000:
             return cp, _FOUR
     return np.int64(0xFFFD), _ONE
+
+
+@njit(nogil=True)
+def _joins(data, start, i, cp, classes, ccc, pairs):
+    """May the NFKC of a text differ from its per-character NFKC at the JOINS character cp at data[i]
+    (the text starts at data[start])? Conservative (some yes are no), exact for no: NFC's quick check
+    (No, or combining classes out of order; Maybe only after a mark or a character it composes
+    with), and a JOINS character after a COMPAT_EDGE one or both at once. Called for JOINS
+    characters only (rare): the character before is found by stepping back over UTF-8 continuation bytes."""
+    flags = classes[cp]
+    if flags & (NFC_NO | COMPAT_EDGE):
+        return True
+    if i == start:
+        return False
+    j = i - 1
+    while j > start and (data[j] & 0xC0) == 0x80:
+        j -= 1
+    previous = np.int64(data[j]) if data[j] < 0x80 else _decode(data, j, i)[0]
+    before = classes[previous]
+    return ((before & COMPAT_EDGE) != 0 or (ccc[cp] != 0 and ccc[previous] > ccc[cp])
+            or ((flags & COMPOSES_PREV) != 0 and (ccc[previous] != 0 or (before & COMPOSES_NEXT) != 0 and (
+                previous >= 0x1100 and (previous < 0x1113 or previous >= 0xAC00)  # Hangul
+                or _contains(pairs, previous << 21 | cp)))))
+
+
+@njit(inline="always")
+def _contains(sorted_values, value):
+    i = np.searchsorted(sorted_values, value)
+    return i < len(sorted_values) and sorted_values[i] == value
 
 
 @njit(inline="always")
@@ -178,20 +259,18 @@ def _fmix32(x):
 
 
 @njit(cache=True, nogil=True)
-def nfc_suspects(data, offsets, classes):
-    """Per doc: does it have a character that NFC may change (see NFC_SUSPECT)?"""
+def nfkc_needed(data, offsets, classes, ccc, pairs):
+    """Per doc: may its NFKC differ from its per-character NFKC (see _joins)?"""
     docs = len(offsets) - 1
     out = np.zeros(docs, np.bool_)
     for d in range(docs):
-        i, end = offsets[d], offsets[d + 1]
-        while i < end:
+        start, i, end = offsets[d], offsets[d], offsets[d + 1]
+        while i < end and not out[d]:
             if data[i] < 0x80:
                 i += _ONE
                 continue
             cp, width = _decode(data, i, end)
-            if classes[cp] & NFC_SUSPECT:
-                out[d] = True
-                break
+            out[d] = classes[cp] & JOINS and _joins(data, start, i, cp, classes, ccc, pairs)
             i += width
     return out
 
@@ -244,68 +323,115 @@ def normalize(data, offsets, fold, expansions, expansion_offsets, classes):
 
 
 @njit(inline="always")
-def _word_hashes(text, start, end, out, k):
-    h, length = _ZERO, 0
-    for i in range(start, end):
-        cp = np.uint64(text[i])
-        if cp != _SPACE:
-            h = h * _B + cp
-            length += 1
-        else:  # a single space ends every word
-            out[k] = _fmix64(h + np.uint64(length))
-            k += 1
-            h, length = _ZERO, 0
+def _token_step(f, classes, by_chars, out, k, h, length, chars, special):
+    """One folded character f: extend the word, or end it (by_chars: every word character is a
+    token). Branch-free (a word boundary is a coin flip for the branch predictor): the token slot
+    out[k] is always written, k advances over the ones kept. Tokens are unmixed (see _doc_ngrams)."""
+    flags = classes[f]
+    w = np.uint64(flags & WORD)
+    if by_chars:
+        out[k] = np.uint64(f) + _B
+        k += np.int64(w)
+    else:
+        out[k] = h + length
+        k += np.int64((w ^ _ONE_U) & (length != _ZERO))
+        word = _ZERO - w  # all ones in a word
+        h = (h * _B + np.uint64(f)) & word
+        length = (length + _ONE_U) & word
+    return k, h, length, chars + np.int64(w), special + np.int64(w & (flags >> 1))
+
+
+@njit(nogil=True)
+def _doc_tokens(data, i, end, fold, expansions, expansion_offsets, classes, ccc, pairs, by_chars, out):
+    """Unmixed token hashes of data[i:end] into out (room for end - i + 1), in one pass: decode, fold,
+    words (or word characters when by_chars). Returns (tokens or -1 if out is too short, word
+    characters, those of them in a no-space script, may its NFKC not be per character (_joins))."""
+    start, k, h, length, chars, special, joins = i, 0, _ZERO, _ZERO, 0, 0, False
+    while i < end:
+        if data[i] < 0x80:
+            cp = np.int64(data[i])
+            i += _ONE
+        else:
+            cp, width = _decode(data, i, end)
+            if classes[cp] & JOINS and not joins:
+                joins = _joins(data, start, i, cp, classes, ccc, pairs)
+            i += width
+        f = np.int64(fold[cp])
+        if f >= 0:
+            k, h, length, chars, special = _token_step(f, classes, by_chars, out, k, h, length, chars, special)
+            continue
+        start, stop = expansion_offsets[-f - 1], expansion_offsets[-f]
+        if k + (stop - start) + (end - i) + 1 > len(out):
+            return -1, chars, special, joins
+        for j in range(start, stop):
+            k, h, length, chars, special = _token_step(np.int64(expansions[j]), classes, by_chars, out, k, h,
+                                                       length, chars, special)
     if length:
-        out[k] = _fmix64(h + np.uint64(length))
+        out[k] = h + length
         k += 1
-    return k
+    return k, chars, special, joins
 
 
 @njit(inline="always")
-def _char_hashes(text, start, end, out, k):
-    for i in range(start, end):
-        cp = np.uint64(text[i])
-        if cp != _SPACE:
-            out[k] = _fmix64(cp + _B)
-            k += 1
+def _doc_ngrams(tokens, count, n, out, k):
+    """32-bit hashes of the n-grams of tokens[:count] into out[k:] (room for count + 1): tokens mixed
+    by fmix64 (word: Horner of code points + length; character: code point + B), then the Horner
+    polynomial of n token hashes, rolled along (the token leaving the window is taken out), fmix64,
+    upper 32 bits. Fewer than n tokens: one shingle, the missing ones count 0; none: the hash 0."""
+    if count == 0:
+        out[k] = np.uint32(0)
+        return k + 1
+    for j in range(count):
+        tokens[j] = _fmix64(tokens[j])
+    b_n1, acc = _ONE_U, _ZERO
+    for _ in range(n - 1):
+        b_n1 *= _B  # the weight of the token leaving the window
+    for j in range(min(n - 1, count)):
+        acc = acc * _B + tokens[j]
+    if count < n:
+        for _ in range(n - count):
+            acc *= _B
+        out[k] = np.uint32(_fmix64(acc) >> _S32)
+        return k + 1
+    for j in range(n - 1, count):
+        acc = acc * _B + tokens[j]
+        out[k] = np.uint32(_fmix64(acc) >> _S32)
+        k += 1
+        acc -= tokens[j - n + 1] * b_n1
     return k
 
 
 @njit(cache=True, nogil=True)
-def token_hashes(text, offsets, chars_of_doc):
-    """(token hashes, token offsets) of normalised text: per doc its words, or its characters (spaces
-    left out) where chars_of_doc[d]."""
+def shingle_hashes(data, offsets, fold, expansions, expansion_offsets, classes, ccc, pairs, ngram, char_ngram):
+    """(32-bit shingle hashes, shingle offsets, NFKC needed) of every doc: hashes of its word ngrams, or
+    of its character char_ngrams (spaces left out) when more than NO_SPACE_SHARE of its word characters
+    are in a no-space script (such a doc is read twice: the share is known at its end). The hashes
+    are of the per-character folding: redo the docs where NFKC is needed (see _joins) from their NFKC
+    (pipeline/dedup.shingle_hashes)."""
     docs = len(offsets) - 1
-    out = np.empty(len(text), np.uint64)  # a token has one character at least
-    token_offsets = np.zeros(docs + 1, np.int64)
-    k = 0
-    for d in range(docs):
-        if chars_of_doc[d]:
-            k = _char_hashes(text, offsets[d], offsets[d + 1], out, k)
-        else:
-            k = _word_hashes(text, offsets[d], offsets[d + 1], out, k)
-        token_offsets[d + 1] = k
-    return out[:k], token_offsets
-
-
-@njit(cache=True, nogil=True)
-def ngram_hashes(tokens, token_offsets, n_of_doc):
-    """(32-bit hash of every n-gram of consecutive tokens of a doc, shingle offsets), n = n_of_doc[d].
-    A doc with fewer than n tokens has one shingle, a doc without tokens the hash 0."""
-    docs = len(token_offsets) - 1
-    out = np.empty(len(tokens) + docs, np.uint32)
+    out = np.empty(len(data) // 3 + docs + 16, np.uint32)  # ~1 shingle per word; grown if short
     shingle_offsets = np.zeros(docs + 1, np.int64)
-    k = 0
+    needed = np.zeros(docs, np.bool_)
+    tokens = np.empty(1024, np.uint64)  # one doc's, reused
     for d in range(docs):
-        start, end, n = token_offsets[d], token_offsets[d + 1], n_of_doc[d]
-        for i in range(start, max(end - n + 1, start + 1)):
-            acc = _ZERO
-            for j in range(i, i + n):
-                acc = acc * _B + (tokens[j] if j < end else _ZERO)
-            out[k] = np.uint32(_fmix64(acc) >> _S32) if end > start else np.uint32(0)
-            k += 1
-        shingle_offsets[d + 1] = k
-    return out[:k], shingle_offsets
+        if len(tokens) < offsets[d + 1] - offsets[d] + 1:
+            tokens = np.empty(2 * (offsets[d + 1] - offsets[d] + 1), np.uint64)
+        by_chars = False
+        while True:
+            count, chars, special, joins = _doc_tokens(data, offsets[d], offsets[d + 1], fold, expansions,
+                                                       expansion_offsets, classes, ccc, pairs, by_chars, tokens)
+            if count < 0:
+                tokens = np.empty(2 * len(tokens), np.uint64)
+            elif not by_chars and special > NO_SPACE_SHARE * max(chars, 1):
+                by_chars = True
+            else:
+                break
+        k = shingle_offsets[d]
+        if k + count + 1 > len(out):
+            out = np.concatenate((out, np.empty(len(out) + count + 1, np.uint32)))
+        shingle_offsets[d + 1] = _doc_ngrams(tokens, count, char_ngram if by_chars else ngram, out, k)
+        needed[d] = joins
+    return out[: shingle_offsets[-1]], shingle_offsets, needed
 
 
 @njit(cache=True, nogil=True)

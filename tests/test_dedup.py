@@ -43,11 +43,9 @@ def _run(run: str, urls: list[str], cfg: DedupConfig = CFG) -> tuple[dict, list[
 
 
 def reference_words(text: str) -> list[str]:
-    """Plain-Python normalisation: NFKC case folding per character (of the NFKC text when it is not
-    NFC), then words = runs of letters, digits and combining marks."""
-    if not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFKC", text)
-    folded = "".join(unicodedata.normalize("NFKC", c).casefold() for c in text)
+    """Plain-Python normalisation: the text's NFKC, case folded per character, then words = runs of
+    letters, digits and combining marks."""
+    folded = "".join(c.casefold() for c in unicodedata.normalize("NFKC", text))
     word = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in folded)
     return word.split()
 
@@ -95,6 +93,9 @@ MIXED = [
     "ภาษาไทยเป็นภาษาที่ไม่มีการเว้นวรรค ทดสอบ",
     "Русский текст: «Привет, мир!» — и ещё немного слов для проверки.",
     "日本語のテキスト, mixed with English words and ｶﾀｶﾅ.",
+    "ﾃﾞｰﾀﾍﾞｰｽ ｶﾞｲﾄﾞ: halfwidth voiced marks compose with the kana before them",
+    "한국어 텍스트 \u1100\u1161\u11a8 conjoining jamo, ᄀ alone, compatibility jamo ㄱㅏ ㅋㅋㅋ",
+    "ª\u0301 ´\u0323 ﬁ\u0308 spacing accents and compatibility letters before combining marks",
     "",
     "!!! ??? ...",
     "a b",
