@@ -169,17 +169,19 @@ def signatures_bench() -> None:
 # ---- end to end on Ray --------------------------------------------------------------------------------
 
 
-def write_replicas(directory: Path, texts: list[str], replicas: int, parts_per_replica: int = 4) -> int:
+def write_replicas(directory: Path, texts: list[str], replicas: int, files: int = 16) -> int:
+    """The corpus and replicas - 1 perturbed copies of it, dealt round-robin into `files` JSONL files."""
     rng = random.Random(0)
     directory.mkdir(parents=True, exist_ok=True)
+    outs = [open(directory / f"in-{f:03d}.jsonl", "w") for f in range(files)]
     n = 0
     for r in range(replicas):
         docs = texts if r == 0 else [perturb(t, rng) for t in texts]
-        for p in range(parts_per_replica):
-            with open(directory / f"r{r:02d}-{p}.jsonl", "w") as f:
-                for i in range(p, len(docs), parts_per_replica):
-                    f.write(json.dumps({"id": f"r{r:02d}-{i:05d}", "text": docs[i]}) + "\n")
-                    n += 1
+        for i, doc in enumerate(docs):
+            outs[n % files].write(json.dumps({"id": f"r{r:03d}-{i:05d}", "text": doc}) + "\n")
+            n += 1
+    for out in outs:
+        out.close()
     return n
 
 
