@@ -1,9 +1,11 @@
 """Prefect deployments as a user runs them: a real server on 127.0.0.1, `tokenmill deploy`, a process
-worker, `tokenmill trigger end-to-end/bundled --wait` on tiny settings, then the flow run's state and
-artifacts read back through the Prefect client. Server and worker are stopped by pid."""
+worker, `tokenmill trigger end-to-end/bundled --wait` on tiny settings and `tokenmill trigger
+dedup-on-ray/dedup --wait` on a file with duplicates, then the flow runs' states and artifacts read
+back through the Prefect client. Server and worker are stopped by pid."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +14,8 @@ import sys
 import pytest
 
 from flows.server import start_server, stop_server
+
+from conftest import write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +39,7 @@ def _tokenmill(env, *args, timeout=600):
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
+def test_deploy_then_trigger_end_to_end_and_dedup_from_a_worker(prefect_server, tmp_path, real_docs):
     env = {**os.environ, "PREFECT_API_URL": prefect_server.url, "PREFECT_WORKER_QUERY_SECONDS": "2"}
     deployed = _tokenmill(env, "deploy", timeout=300)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -52,6 +56,16 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
         log = (tmp_path / "worker.log").read_text(errors="replace")
         assert triggered.returncode == 0, triggered.stdout + triggered.stderr + log[-4000:]
         assert "Completed" in triggered.stdout
+
+        near = real_docs[5]["text"].split()
+        near[10], near[40], near[70] = "lorem", "ipsum", "dolor"  # a long page: still ~0.95 similar
+        dups = write_jsonl(tmp_path / "dups.jsonl", [{"text": d["text"]} for d in real_docs]
+                           + [{"text": real_docs[3]["text"].upper()}, {"text": "Home | News\n" + " ".join(near)}])
+        sets = [a for s in [f"curate.inputs=[{dups}]", f"output_dir={tmp_path / 'runs'}", "run_id=dedup-deployed",
+                            "ray.num_cpus=1", "ray.dashboard=false"] for a in ("--set", s)]
+        deduped = _tokenmill(env, "trigger", "dedup-on-ray/dedup", "--wait", "--timeout", "300", *sets)
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+        assert deduped.returncode == 0, deduped.stdout + deduped.stderr + log[-4000:]
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
@@ -60,6 +74,8 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
 
+    stats = json.loads((tmp_path / "runs" / "dedup-deployed" / "dedup" / "_stats.json").read_text())
+    assert stats["docs_in"] == len(real_docs) + 2 and stats["rejected"] == {"dedup.exact": 1, "dedup.near": 1}
     assert (tmp_path / "runs" / "deployed" / "report.md").exists()
     assert (tmp_path / "runs" / "deployed" / "eval" / "_SUCCESS").exists()
 
@@ -70,6 +86,8 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
         async with get_client() as client:
             [deployment] = await client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["bundled"])))
             runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]}))
+            [dedup_deployment] = await client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["dedup"])))
+            runs += await client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [dedup_deployment.id]}))
             artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-deployed", "loss-curve-deployed", "training-deployed"])))
             return runs, artifacts
 
@@ -77,7 +95,7 @@ def test_deploy_then_trigger_end_to_end_from_a_worker(prefect_server, tmp_path):
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         runs, artifacts = asyncio.run(read_back())
-    assert [r.state.type.value for r in runs] == ["COMPLETED"]
+    assert [r.state.type.value for r in runs] == ["COMPLETED", "COMPLETED"]
     by_key = {a.key: a for a in artifacts}
     assert "Data funnel" in by_key["report-deployed"].data
     assert by_key["loss-curve-deployed"].type == "image" and by_key["loss-curve-deployed"].data.startswith("data:image/png;base64,")
