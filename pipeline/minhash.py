@@ -68,12 +68,13 @@ _LONGEST_FOLD = 18  # code points of the longest per-character NFKC case folding
 
 @functools.lru_cache(maxsize=1)
 def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(fold, expansions, expansion_offsets, classes, ccc, pairs) over all code points (~0.6 s of CPU,
+    """(fold, expansions, expansion_offsets, classes, ccc_ends, pairs) over all code points (~0.6 s of CPU,
     once per process).
 
     fold[c] is the folded code point of c, or -(k + 1) when c folds to several:
-    expansions[expansion_offsets[k]:expansion_offsets[k + 1]]. classes[c] has the bits above, ccc[c]
-    is c's canonical combining class, pairs the sorted (first << 21 | second) of the canonical pairs
+    expansions[expansion_offsets[k]:expansion_offsets[k + 1]]. classes[c] has the bits above,
+    ccc_ends[c] the canonical combining classes of the first and last character of c's NFKD (low and
+    high byte: a precomposed "İ" ends in a mark, U+0307), pairs the sorted (first << 21 | second) of the canonical pairs
     that compose (Hangul's are left out: its classes say all). Planes 4-13 are unassigned and 15-16 private use: kept as they are, not words.
 
     JOINS: a combining mark, a character that composes with the one before it (the second of a
@@ -85,7 +86,7 @@ def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
     (or one that is both), or is not in NFC (see _joins)."""
     fold = np.arange(0x110000, dtype=np.int32)
     classes = np.zeros(0x110000, np.uint8)
-    ccc = np.zeros(0x110000, np.uint8)
+    ccc_ends = np.zeros(0x110000, np.uint16)
     expansions: list[int] = []
     offsets = [0]
     composes_with_previous = {c for lo, hi in HANGUL_VOWELS_AND_TAILS for c in range(lo, hi + 1)}
@@ -96,10 +97,10 @@ def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
         ch = chr(c)
         if unicodedata.category(ch)[0] in "LNM":
             classes[c] |= WORD
-        ccc[c] = unicodedata.combining(ch)
+        ccc_ends[c] = unicodedata.combining(ch) * 0x101
         if unicodedata.normalize("NFC", ch) != ch:
             classes[c] |= NFC_NO | JOINS
-        if ccc[c]:
+        if ccc_ends[c]:
             classes[c] |= JOINS
         decomposition = unicodedata.decomposition(ch)
         if decomposition:
@@ -110,6 +111,7 @@ def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
                 composes_with_previous.add(int(parts[1], 16))
             nfkd = unicodedata.normalize("NFKD", ch)
             nfkd_ends[c] = nfkd[0], nfkd[-1], nfkd != unicodedata.normalize("NFD", ch)
+            ccc_ends[c] = unicodedata.combining(nfkd[0]) | unicodedata.combining(nfkd[-1]) << 8
         folded = unicodedata.normalize("NFKC", ch).casefold()
         if len(folded) == 1:
             fold[c] = ord(folded)
@@ -126,7 +128,7 @@ def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
             classes[c] |= COMPAT_EDGE
     for lo, hi in NO_SPACE_BLOCKS:
         classes[lo : hi + 1] |= NO_SPACE
-    return fold, np.array(expansions, np.uint32), np.array(offsets, np.int64), classes, ccc, np.unique(np.array(pairs, np.int64))
+    return fold, np.array(expansions, np.uint32), np.array(offsets, np.int64), classes, ccc_ends, np.unique(np.array(pairs, np.int64))
 
 
 def utf8_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -195,12 +197,12 @@ def _decode(data, i, end):
 
 
 @njit(nogil=True)
-def _joins(data, start, i, cp, classes, ccc, pairs):
+def _joins(data, start, i, cp, classes, ccc_ends, pairs):
     """May the NFKC of a text differ from its per-character NFKC at the JOINS character cp at data[i]
     (the text starts at data[start])? Conservative (some yes are no), exact for no: NFC's quick check
-    (No, or combining classes out of order; Maybe only after a mark or a character it composes
-    with), and a JOINS character after a COMPAT_EDGE one or both at once. Called for JOINS
-    characters only (rare): the character before is found by stepping back over UTF-8 continuation bytes."""
+    on the decompositions (No; combining classes out of order; Maybe only after a mark or a character
+    it composes with), and a JOINS character after a COMPAT_EDGE one or both at once. Called for
+    JOINS characters only (rare): the one before is found by stepping back over UTF-8 continuation bytes."""
     flags = classes[cp]
     if flags & (NFC_NO | COMPAT_EDGE):
         return True
@@ -211,8 +213,9 @@ def _joins(data, start, i, cp, classes, ccc, pairs):
         j -= 1
     previous = np.int64(data[j]) if data[j] < 0x80 else _decode(data, j, i)[0]
     before = classes[previous]
-    return ((before & COMPAT_EDGE) != 0 or (ccc[cp] != 0 and ccc[previous] > ccc[cp])
-            or ((flags & COMPOSES_PREV) != 0 and (ccc[previous] != 0 or (before & COMPOSES_NEXT) != 0 and (
+    first, last_before = ccc_ends[cp] & 0xFF, ccc_ends[previous] >> 8
+    return ((before & COMPAT_EDGE) != 0 or (first != 0 and last_before > first)
+            or ((flags & COMPOSES_PREV) != 0 and (last_before != 0 or (before & COMPOSES_NEXT) != 0 and (
                 previous >= 0x1100 and (previous < 0x1113 or previous >= 0xAC00)  # Hangul
                 or _contains(pairs, previous << 21 | cp)))))
 
@@ -259,7 +262,7 @@ def _fmix32(x):
 
 
 @njit(cache=True, nogil=True)
-def nfkc_needed(data, offsets, classes, ccc, pairs):
+def nfkc_needed(data, offsets, classes, ccc_ends, pairs):
     """Per doc: may its NFKC differ from its per-character NFKC (see _joins)?"""
     docs = len(offsets) - 1
     out = np.zeros(docs, np.bool_)
@@ -270,7 +273,7 @@ def nfkc_needed(data, offsets, classes, ccc, pairs):
                 i += _ONE
                 continue
             cp, width = _decode(data, i, end)
-            out[d] = classes[cp] & JOINS and _joins(data, start, i, cp, classes, ccc, pairs)
+            out[d] = classes[cp] & JOINS and _joins(data, start, i, cp, classes, ccc_ends, pairs)
             i += width
     return out
 
@@ -342,7 +345,7 @@ def _token_step(f, classes, by_chars, out, k, h, length, chars, special):
 
 
 @njit(nogil=True)
-def _doc_tokens(data, i, end, fold, expansions, expansion_offsets, classes, ccc, pairs, by_chars, out):
+def _doc_tokens(data, i, end, fold, expansions, expansion_offsets, classes, ccc_ends, pairs, by_chars, out):
     """Unmixed token hashes of data[i:end] into out (room for end - i + 1), in one pass: decode, fold,
     words (or word characters when by_chars). Returns (tokens or -1 if out is too short, word
     characters, those of them in a no-space script, may its NFKC not be per character (_joins))."""
@@ -354,16 +357,16 @@ def _doc_tokens(data, i, end, fold, expansions, expansion_offsets, classes, ccc,
         else:
             cp, width = _decode(data, i, end)
             if classes[cp] & JOINS and not joins:
-                joins = _joins(data, start, i, cp, classes, ccc, pairs)
+                joins = _joins(data, start, i, cp, classes, ccc_ends, pairs)
             i += width
         f = np.int64(fold[cp])
         if f >= 0:
             k, h, length, chars, special = _token_step(f, classes, by_chars, out, k, h, length, chars, special)
             continue
-        start, stop = expansion_offsets[-f - 1], expansion_offsets[-f]
-        if k + (stop - start) + (end - i) + 1 > len(out):
+        first, stop = expansion_offsets[-f - 1], expansion_offsets[-f]
+        if k + (stop - first) + (end - i) + 1 > len(out):
             return -1, chars, special, joins
-        for j in range(start, stop):
+        for j in range(first, stop):
             k, h, length, chars, special = _token_step(np.int64(expansions[j]), classes, by_chars, out, k, h,
                                                        length, chars, special)
     if length:
@@ -402,7 +405,7 @@ def _doc_ngrams(tokens, count, n, out, k):
 
 
 @njit(cache=True, nogil=True)
-def shingle_hashes(data, offsets, fold, expansions, expansion_offsets, classes, ccc, pairs, ngram, char_ngram):
+def shingle_hashes(data, offsets, fold, expansions, expansion_offsets, classes, ccc_ends, pairs, ngram, char_ngram):
     """(32-bit shingle hashes, shingle offsets, NFKC needed) of every doc: hashes of its word ngrams, or
     of its character char_ngrams (spaces left out) when more than NO_SPACE_SHARE of its word characters
     are in a no-space script (such a doc is read twice: the share is known at its end). The hashes
@@ -419,7 +422,7 @@ def shingle_hashes(data, offsets, fold, expansions, expansion_offsets, classes, 
         by_chars = False
         while True:
             count, chars, special, joins = _doc_tokens(data, offsets[d], offsets[d + 1], fold, expansions,
-                                                       expansion_offsets, classes, ccc, pairs, by_chars, tokens)
+                                                       expansion_offsets, classes, ccc_ends, pairs, by_chars, tokens)
             if count < 0:
                 tokens = np.empty(2 * len(tokens), np.uint64)
             elif not by_chars and special > NO_SPACE_SHARE * max(chars, 1):

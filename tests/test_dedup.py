@@ -140,6 +140,24 @@ def test_text_without_spaces_is_shingled_by_characters():
     assert list(wrapped) == list(h)  # line breaks and indentation are not characters of the text
 
 
+# Characters that interact under NFKC (marks, composing pairs, compatibility forms ending or starting
+# in one, Hangul jamo, halfwidth kana) with plain letters and a space: random strings of them check
+# that a document is redone from its whole-text NFKC whenever per character would differ.
+TRICKY = list("aeouAcnkszª º´¨ﬁﬀｶﾞﾟｱㄱㅏㅋ각가각ÅÅKǰẛςΣßİ㎏①¹½ें") + [
+    "\u0301", "\u0300", "\u0323", "\u0308", "\u0327", "\u0345", "\u0344", "\u05b4", "\u05bc", "\u09c7",
+    "\u09be", "\u09bc", "\u0bc6", "\u0bbe", "\u0bcd", "\u1037", "\u103a", "\u3099", "\u309a", "\u0f71", "\u0f72"]
+
+
+def test_random_strings_of_interacting_characters_normalise_like_whole_text_nfkc():
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(TRICKY) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    cps, offsets, _ = dedup.normalize_batch(pa.array(texts))
+    h, h_offsets = dedup.shingle_hashes(pa.array(texts), DedupConfig(ngram=2, char_ngram=2))
+    for i, text in enumerate(texts):
+        assert cps[offsets[i] : offsets[i + 1]].tobytes().decode("utf-32-le") == " ".join(reference_words(text)), ascii(text)
+        assert list(h[h_offsets[i] : h_offsets[i + 1]]) == reference_shingle_hashes(text, 2, 2), ascii(text)
+
+
 def test_a_long_run_of_characters_that_fold_to_several_grows_the_buffer():
     text = "\ufdfa" * 5000 + " end"  # each folds to 18 code points
     assert dedup.normalize(text) == " ".join(reference_words(text))
