@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from flows.server import start_server, stop_server
 from tests.conftest import CORPUS, REPO, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -37,10 +39,16 @@ def run(tmp_path_factory):
     args = ["curate", str(inputs), "--run-id", "m", "--output-dir", str(work / "runs"),
             "--set", "curate.tokenizer.vocab_size=300", "--set", "curate.tokens.seq_len=32",
             "--set", "ray.num_cpus=2", "--set", "ray.dashboard=false"]
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=work, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    strict = subprocess.run([sys.executable, "-m", "flows.cli", *args[:3], "s", *args[4:], "--strict"],
-                            cwd=work, capture_output=True, text=True, timeout=600)
+    api = start_server(home=str(work / "prefect-home"))  # one server for both runs (each would start its own)
+    env = {**os.environ, "PREFECT_API_URL": api.url}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=work, capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+        strict = subprocess.run([sys.executable, "-m", "flows.cli", *args[:3], "s", *args[4:], "--strict"],
+                                cwd=work, capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        stop_server(api)
     return work / "runs" / "m", proc.stdout + proc.stderr, strict
 
 

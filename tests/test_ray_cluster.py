@@ -42,7 +42,7 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
 def _stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=5)  # a node that has not stopped by then is killed (a graceful stop took 30 s and more)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(proc.pid, signal.SIGKILL)
 
