@@ -1,6 +1,7 @@
 """Speed and memory of tokenmill's dedup, as ratios against baselines measured in the same run.
 
-    python bench/dedup_speed.py [--skip-signatures] [--skip-e2e] [--skip-datatrove] [--skip-rss] [--replicas 4] [--e2e-replicas 40]
+    python bench/dedup_speed.py [--skip-signatures] [--skip-e2e] [--skip-datatrove] [--skip-rss] [--replicas 4]
+                                [--e2e-replicas 40] [--e2e-files 16]
 
 1. Signatures/s on the bundled corpus (real Common Crawl pages), best of 20 runs each, tokenmill and
    rensa called in turn (3 runs for the slow datasketch ones), wall and CPU time (CPU is the steadier measure on a shared machine):
@@ -200,12 +201,14 @@ def write_replicas(directory: Path, texts: list[str], replicas: int, files: int 
     return n
 
 
-def e2e_bench(replicas: int) -> None:
+def e2e_bench(replicas: int, files: int) -> None:
     from flows.server import start_server, stop_server
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        n = write_replicas(tmp / "in", corpus(), replicas)
+        n = write_replicas(tmp / "in", corpus(), replicas, files)
+        mb = sum(f.stat().st_size for f in (tmp / "in").iterdir()) / 1e6
+        print(f"{n:,} docs ({replicas} perturbed copies of the corpus), {mb:.0f} MB in {files} files (parts of {mb / files:.0f} MB)")
         api = start_server(home=str(tmp / "prefect-home"))
         walls = {1: float("inf"), 2: float("inf")}
         try:
@@ -335,13 +338,14 @@ def main() -> None:
     ap.add_argument("--skip-datatrove", action="store_true")
     ap.add_argument("--replicas", type=int, default=4, help="corpus copies (perturbed) for the datatrove run")
     ap.add_argument("--e2e-replicas", type=int, default=40, help="corpus copies (perturbed) for the 1-vs-2-core run")
+    ap.add_argument("--e2e-files", type=int, default=16, help="files (= parts) the 1-vs-2-core run's corpus is dealt into")
     args = ap.parse_args()
     print("## signatures/s\n")
     if not args.skip_signatures:
         signatures_bench()
     if not args.skip_e2e:
         print("\n## end to end, 1 vs 2 cores\n")
-        e2e_bench(args.e2e_replicas)
+        e2e_bench(args.e2e_replicas, args.e2e_files)
     if not args.skip_datatrove:
         print("\n## vs datatrove's MinHash pipeline, same corpus\n")
         datatrove_bench(args.replicas)
