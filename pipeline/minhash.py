@@ -74,8 +74,9 @@ def char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
     fold[c] is the folded code point of c, or -(k + 1) when c folds to several:
     expansions[expansion_offsets[k]:expansion_offsets[k + 1]]. classes[c] has the bits above,
     ccc_ends[c] the canonical combining classes of the first and last character of c's NFKD (low and
-    high byte: a precomposed "İ" ends in a mark, U+0307), pairs the sorted (first << 21 | second) of the canonical pairs
-    that compose (Hangul's are left out: its classes say all). Planes 4-13 are unassigned and 15-16 private use: kept as they are, not words.
+    high byte: a precomposed "İ" ends in a mark, U+0307), pairs the sorted (first << 21 | second) of
+    the canonical pairs that compose (Hangul's are left out: its classes say all). Planes 4-13 are
+    unassigned and 15-16 private use: kept as they are, not words.
 
     JOINS: a combining mark, a character that composes with the one before it (the second of a
     canonical pair, Hangul vowels and tails), one whose NFKD starts with either (halfwidth "ﾞ" ->
@@ -225,7 +226,7 @@ def _joins(data, start, i, cp, classes, ccc_ends, pairs):
     first, last_before = ccc_ends[cp] & 0xFF, ccc_ends[previous] >> 8
     return ((before & COMPAT_EDGE) != 0 or (first != 0 and last_before > first)
             or ((flags & COMPOSES_PREV) != 0 and (last_before != 0 or (before & COMPOSES_NEXT) != 0 and (
-                previous >= 0x1100 and (previous < 0x1113 or previous >= 0xAC00)  # Hangul
+                0x1100 <= previous < 0x1113 or 0xAC00 <= previous < 0xD7A4  # Hangul lead jamo, syllables
                 or _contains(pairs, previous << 21 | cp)))))
 
 
