@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.metrics import mfu, peak_bf16_flops  # noqa: E402
 from training.model import PRESETS, ModelConfig, Transformer  # noqa: E402
-from training.train import _setup_accelerator, ds_config, param_groups  # noqa: E402
+from training.train import ds_config, init_distributed, param_groups  # noqa: E402
 
 VOCAB = 50304  # GPT-2's vocabulary padded to a multiple of 64
 
@@ -37,12 +37,7 @@ def init_single_process() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    backend = _setup_accelerator()
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend=backend)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(0)
+    init_distributed()
 
 
 def measure(preset: str, seq_len: int, micro_batch: int, precision: str, steps: int, warmup: int,

@@ -32,13 +32,11 @@ def worker(args) -> None:
 
     from training.config import TrainConfig
     from training.model import Transformer
-    from training.train import _setup_accelerator, ds_config, param_groups
+    from training.train import ds_config, init_distributed, param_groups
 
-    backend = _setup_accelerator()
+    rank, world = init_distributed()
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     cfg = TrainConfig(preset=args.preset, micro_batch=args.micro_batch, max_steps=10**6, warmup_steps=10)
     model_cfg = cfg.resolve_model(args.vocab, args.seq_len)
     gen = torch.Generator().manual_seed(rank)
