@@ -68,8 +68,7 @@ def normalize_batch(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.n
     """(code points, offsets, no-space share) of a batch's normalised texts: NFKC-case-folded words
     joined by single spaces (uint32 code points, doc d is [offsets[d], offsets[d + 1])), and per doc
     the share of its characters in a script written without spaces."""
-    texts = kernels.nfkc_where_needed(kernels.strings(texts))
-    return kernels.normalize(*kernels.utf8_buffers(texts), *kernels.char_tables()[:4])
+    return kernels.fold_batch(kernels.normalize, texts)
 
 
 def normalize(text: str) -> str:
@@ -87,15 +86,7 @@ def shingle_hashes(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> tuple
 
     Word n-grams (cfg.ngram), or character n-grams (cfg.char_ngram) for text without spaces, of the
     texts as normalize_batch normalises them, in one pass over the bytes without the normalised text."""
-    texts = kernels.strings(texts)
-    tables = kernels.char_tables()
-    hashes, offsets, needed = kernels.shingle_hashes(*kernels.utf8_buffers(texts), *tables, cfg.ngram, cfg.char_ngram)
-    rows = np.flatnonzero(needed)
-    if len(rows):  # the few docs whose NFKC may not be per character: again, from their NFKC
-        redone, redone_offsets, _ = kernels.shingle_hashes(*kernels.utf8_buffers(kernels.nfkc(texts, rows)), *tables,
-                                                           cfg.ngram, cfg.char_ngram)
-        hashes, offsets = kernels.replace_docs(hashes, offsets, rows, redone, redone_offsets)
-    return hashes, offsets
+    return kernels.fold_batch(kernels.shingle_hashes, texts, cfg.ngram, cfg.char_ngram)
 
 
 def shingle_texts(text: str, n: int) -> set[str]:

@@ -13,7 +13,7 @@ The normalised text is the words joined by single spaces. Per character is exact
 NFKC unless characters interact under NFKC (a combining mark or a character that composes with the
 one before it, next to a character it reorders or composes with; see JOINS and COMPAT_EDGE): the few
 documents where that can happen (decomposed accents, halfwidth "ｶﾞ", compatibility Hangul jamo) are
-normalised as a whole with NFKC first, in Python (see _joins).
+normalised again from their whole-text NFKC, in Python (see _joins, fold_batch).
 
 A document mostly (NO_SPACE_SHARE of its word characters) in a script written without spaces (CJK,
 kana, Thai, Lao, Tibetan, Myanmar, Khmer) is shingled by characters instead of words.
@@ -151,15 +151,19 @@ def nfkc(texts: pa.Array, rows: np.ndarray) -> pa.Array:
     return pa.array([unicodedata.normalize("NFKC", s) for s in texts.take(pa.array(rows)).to_pylist()], pa.large_string())
 
 
-def nfkc_where_needed(texts: pa.Array) -> pa.Array:
-    """The texts (see strings()), with whole-text NFKC applied to those whose NFKC may not be their
-    per-character NFKC (see nfkc_needed)."""
-    rows = np.flatnonzero(nfkc_needed(*utf8_buffers(texts), *char_tables()[3:]))
-    if len(rows) == 0:
-        return texts
-    mask = np.zeros(len(texts), bool)
-    mask[rows] = True
-    return pc.replace_with_mask(texts, pa.array(mask), nfkc(texts, rows))
+def fold_batch(kernel, texts: pa.Array | pa.ChunkedArray, *args) -> tuple:
+    """kernel(utf8 data, offsets, *char_tables(), *args) -> (values, offsets, per-doc arrays..., NFKC
+    needed) over a batch, with the docs where NFKC is needed (see _joins) done again from their
+    whole-text NFKC: (values, offsets, per-doc arrays...) of the texts as NFKC case folding sees them."""
+    texts, tables = strings(texts), char_tables()
+    values, offsets, *per_doc, needed = kernel(*utf8_buffers(texts), *tables, *args)
+    rows = np.flatnonzero(needed)
+    if len(rows):
+        redone, redone_offsets, *redone_per_doc, _ = kernel(*utf8_buffers(nfkc(texts, rows)), *tables, *args)
+        values, offsets = replace_docs(values, offsets, rows, redone, redone_offsets)
+        for column, redone_column in zip(per_doc, redone_per_doc):
+            column[rows] = redone_column
+    return values, offsets, *per_doc
 
 
 def replace_docs(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, new_values: np.ndarray,
@@ -271,63 +275,52 @@ def _fmix32(x):
 # ---- kernels over a batch ----------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
-def nfkc_needed(data, offsets, classes, ccc_ends, pairs):
-    """Per doc: may its NFKC differ from its per-character NFKC (see _joins)?"""
-    docs = len(offsets) - 1
-    out = np.zeros(docs, np.bool_)
-    for d in range(docs):
-        start, i, end = offsets[d], offsets[d], offsets[d + 1]
-        while i < end and not out[d]:
-            if data[i] < 0x80:
-                i += _ONE
-                continue
-            cp, width = _decode(data, i, end)
-            out[d] = classes[cp] & JOINS and _joins(data, start, i, cp, classes, ccc_ends, pairs)
-            i += width
-    return out
-
-
 @njit(nogil=True)
-def _normalize_doc(data, i, end, fold, expansions, expansion_offsets, classes, out, k):
+def _normalize_doc(data, i, end, fold, expansions, expansion_offsets, classes, ccc_ends, pairs, out, k):
     """Normalised text of data[i:end] into out[k:]: (new k or -1 if out is too short, word
-    characters, those of them in a no-space script)."""
+    characters, those of them in a no-space script, may its NFKC not be per character (_joins))."""
     if k + (end - i) + 2 > len(out):  # a character that folds to one gives one code point (+ a space) at most
-        return -1, 0, 0
-    start, after_word, chars, special = k, True, 0, 0
+        return -1, 0, 0, False
+    doc_start, start, after_word, chars, special, joins = i, k, True, 0, 0, False
     while i < end:
+        at = i
         cp, i = _next(data, i, end)
+        if cp >= 0x80 and classes[cp] & JOINS and not joins:
+            joins = _joins(data, doc_start, at, cp, classes, ccc_ends, pairs)
         f = fold[cp]
         if f >= 0:
             k, after_word, special = _put(f, classes, out, k, start, after_word, special)
             chars += after_word
             continue
         if k + 2 * _LONGEST_FOLD + 2 + (end - i) > len(out):
-            return -1, 0, 0
+            return -1, 0, 0, False
         for j in range(expansion_offsets[-f - 1], expansion_offsets[-f]):
             k, after_word, special = _put(expansions[j], classes, out, k, start, after_word, special)
             chars += after_word
-    return k, chars, special
+    return k, chars, special, joins
 
 
 @njit(cache=True, nogil=True)
-def normalize(data, offsets, fold, expansions, expansion_offsets, classes):
-    """(code points, offsets, no-space share) of every doc's normalised text: folded words joined
-    by single spaces; the share of its characters that are in a script written without spaces."""
+def normalize(data, offsets, fold, expansions, expansion_offsets, classes, ccc_ends, pairs):
+    """(code points, offsets, no-space share, NFKC needed) of every doc's normalised text: folded
+    words joined by single spaces; the share of its characters that are in a script written without
+    spaces. The text is the per-character folding: see fold_batch for the docs where NFKC is needed."""
     docs = len(offsets) - 1
     out = np.empty(len(data) + 2 * _LONGEST_FOLD + 2, np.uint32)
     out_offsets = np.zeros(docs + 1, np.int64)
     share = np.zeros(docs, np.float64)
+    needed = np.zeros(docs, np.bool_)
     for d in range(docs):
         k = -1
         while k < 0:  # a doc with many characters that fold to several needs a longer buffer
-            k, chars, special = _normalize_doc(data, offsets[d], offsets[d + 1], fold, expansions,
-                                               expansion_offsets, classes, out, out_offsets[d])
+            k, chars, special, joins = _normalize_doc(data, offsets[d], offsets[d + 1], fold, expansions,
+                                                      expansion_offsets, classes, ccc_ends, pairs, out, out_offsets[d])
             if k < 0:
                 out = np.concatenate((out, np.empty(len(out), np.uint32)))
         out_offsets[d + 1] = k
         share[d] = special / max(chars, 1)
-    return out[: out_offsets[-1]], out_offsets, share
+        needed[d] = joins
+    return out[: out_offsets[-1]], out_offsets, share, needed
 
 
 @njit(inline="always")
@@ -414,8 +407,7 @@ def shingle_hashes(data, offsets, fold, expansions, expansion_offsets, classes, 
     """(32-bit shingle hashes, shingle offsets, NFKC needed) of every doc: hashes of its word ngrams, or
     of its character char_ngrams (spaces left out) when more than NO_SPACE_SHARE of its word characters
     are in a no-space script (such a doc is read twice: the share is known at its end). The hashes
-    are of the per-character folding: redo the docs where NFKC is needed (see _joins) from their NFKC
-    (pipeline/dedup.shingle_hashes)."""
+    are of the per-character folding: see fold_batch for the docs where NFKC is needed."""
     docs = len(offsets) - 1
     out = np.empty(len(data) // 3 + docs + 16, np.uint32)  # ~1 shingle per word; grown if short
     shingle_offsets = np.zeros(docs + 1, np.int64)
