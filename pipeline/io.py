@@ -38,10 +38,20 @@ def makedirs(url: str) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
+def _temporary(path: str) -> str:
+    """Where `path` is written before it is renamed into place: a hidden name beside it, never listed as a part."""
+    return posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+
+
+def _cannot_write(url: str, e: OSError) -> OSError:
+    """Disk full, permission denied...: the error names the file the user knows, not the temporary one."""
+    return OSError(e.errno, f"cannot write {url}: {e.strerror or e}")
+
+
 def atomic_write(url: str, write) -> None:
     fs, path = fs_path(url)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    tmp = _temporary(path)
     try:
         with fs.open(tmp, "wb") as f:
             write(f)
@@ -49,8 +59,8 @@ def atomic_write(url: str, write) -> None:
     except BaseException as e:
         if fs.exists(tmp):
             fs.rm(tmp)
-        if isinstance(e, OSError):  # disk full, permission denied...: name the file the user knows
-            raise OSError(e.errno, f"cannot write {url}: {e.strerror or e}") from e
+        if isinstance(e, OSError):
+            raise _cannot_write(url, e) from e
         raise
 
 
@@ -123,7 +133,7 @@ class ParquetAppender:
         self.url, self.schema = url, schema
         self._fs, path = fs_path(url)
         self._path = path
-        self._tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        self._tmp = _temporary(path)
         self._file = self._writer = None
 
     def write(self, table: pa.Table) -> None:
@@ -135,7 +145,7 @@ class ParquetAppender:
             self._writer.write_table(table)
         except OSError as e:
             self.abort()
-            raise OSError(e.errno, f"cannot write {self.url}: {e.strerror or e}") from e
+            raise _cannot_write(self.url, e) from e
 
     def commit(self) -> None:
         if self._writer is None:
@@ -146,7 +156,7 @@ class ParquetAppender:
             self._fs.mv(self._tmp, self._path)
         except OSError as e:
             self.abort()
-            raise OSError(e.errno, f"cannot write {self.url}: {e.strerror or e}") from e
+            raise _cannot_write(self.url, e) from e
 
     def abort(self) -> None:
         for closing in (self._writer, self._file):
