@@ -33,7 +33,7 @@ score_quality = task(quality_model.score_part, name="quality-model", retries=1)
 
 
 def _mapper(config: RunConfig):
-    def mapped(fn, calls, what, stage: str | None = None, marker=None, outputs=None):
+    def mapped(fn, calls, what, stage: str | None = None, marker=None, outputs=lambda result: ()):
         """Map `fn` over `calls`, skipping calls finished by an earlier run of this run id: parts of
         `stage` (write_part's stats file is their marker), or calls whose `marker(call)` JSON exists
         (written here from the call's result, after the task wrote its outputs) and, when given,
@@ -44,8 +44,7 @@ def _mapper(config: RunConfig):
                 return finished_part(config.run_dir, stage, call["shard"] if "shard" in call else shard_of(call["part_url"]))
         elif marker is not None:
             def done(call):
-                result = finished(marker(call))
-                return result if result is None or outputs is None or all(map(io.exists, outputs(result))) else None
+                return finished(marker(call), outputs)
 
             def commit(call, result):
                 io.write_json(marker(call), result)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,27 +36,22 @@ def part_stats_url(run_dir: str, stage: str, shard: int) -> str:
     return io.join(run_dir, stage, "_parts", part_name(shard) + ".json")
 
 
-def finished(marker_url: str, outputs: Iterable[str] = ()) -> dict | list | None:
+def finished(marker_url: str, outputs: Callable[[Any], Iterable[str]] = lambda result: ()) -> dict | list | None:
     """What a unit of work finished by an earlier (possibly interrupted) run returned, else None.
 
-    `marker_url` is the JSON the unit wrote after all its `outputs`; a marker whose outputs have gone
-    missing since does not count."""
+    `marker_url` is the JSON the unit wrote after all its outputs; a marker whose `outputs(result)`
+    have gone missing since does not count."""
     if not io.exists(marker_url):
         return None
-    if not all(io.exists(u) for u in outputs):
-        return None
-    return io.read_json(marker_url)
+    result = io.read_json(marker_url)
+    return result if all(io.exists(u) for u in outputs(result)) else None
 
 
 def finished_part(run_dir: str, stage: str, shard: int) -> dict | None:
     """Stats of a part (write_part) finished by an earlier run whose parquet files are all there, else None."""
-    url = part_stats_url(run_dir, stage, shard)
-    stats = finished(url)
-    if stats is None:
-        return None
     name = part_name(shard) + ".parquet"
-    outputs = [io.join(run_dir, stage, name)] + ([io.join(run_dir, "rejected", stage, name)] if stats["docs_rejected"] else [])
-    return stats if all(io.exists(u) for u in outputs) else None
+    return finished(part_stats_url(run_dir, stage, shard), lambda stats: [io.join(run_dir, stage, name)] + (
+        [io.join(run_dir, "rejected", stage, name)] if stats["docs_rejected"] else []))
 
 
 class ConfigChanged(ValueError):
