@@ -117,7 +117,7 @@ def plan_shards(files: list[str], shard_bytes: int, index_dir: str | None = None
                 for shard in shards[len(shards) - len(bounds):] if index else ():
                     shard["index"] = index["url"]
                 continue
-            if fmt in ("warc", "wet") and size > shard_bytes and warc_split_points(url):
+            if fmt in ("warc", "wet") and size > shard_bytes and warc_splittable(url):
                 shards += [{"url": url, "start": s, "end": s + shard_bytes} for s in range(0, size, shard_bytes)]
                 shards[-1]["end"] = None
                 continue
@@ -398,7 +398,7 @@ def warc_member_at(f, start: int, end: int | None, window: int = 1 << 20) -> int
     return None
 
 
-def warc_split_points(url: str) -> bool:
+def warc_splittable(url: str) -> bool:
     """Can this WARC/WET file be split at byte offsets? Only a .warc.gz made of one gzip member per
     record (as Common Crawl's are): its first member must hold exactly one record."""
     if not url.lower().endswith(".gz"):
