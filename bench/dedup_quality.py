@@ -29,7 +29,6 @@ import gzip
 import itertools
 import json
 import random
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -37,14 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from datasketch import MinHash, MinHashLSH  # noqa: E402
-
-from pipeline import dedup, io  # noqa: E402
-from pipeline.config import BUNDLED_CORPUS, DedupConfig  # noqa: E402
-from pipeline.documents import docs_table  # noqa: E402
+from datasketch import MinHash, MinHashLSH
+from tokenmill.pipeline import dedup, storage
+from tokenmill.pipeline.config import BUNDLED_CORPUS, DedupConfig
+from tokenmill.pipeline.documents import docs_table
 
 HEADER = "Home | About us | Products | Blog | Contact | Login\nSkip to main content\n"
 FOOTER = "\nCopyright © 2019 All rights reserved. Privacy Policy | Terms of Use | Cookie settings"
@@ -179,12 +174,12 @@ def run_tokenmill(docs, cfg: DedupConfig, work: str) -> dict[str, str]:
     urls = []
     for n, chunk in enumerate((docs[:half], docs[half:])):
         url = f"{work}/in/part-{n:05d}.parquet"
-        io.write_parquet(url, docs_table([{"id": i, "text": t, "source": "bench", "url": None, "meta": None} for i, t in chunk]))
+        storage.write_parquet(url, docs_table([{"id": i, "text": t, "source": "bench", "url": None, "meta": None} for i, t in chunk]))
         urls.append(url)
     dedup.run_local(urls, work, cfg, partitions=4)
     rep = {i: i for i, _ in docs}
-    for f in io.list_files(f"{work}/rejected/dedup"):
-        for r in io.read_parquet(f, columns=["id", "duplicate_of"]).to_pylist():
+    for f in storage.list_files(f"{work}/rejected/dedup"):
+        for r in storage.read_parquet(f, columns=["id", "duplicate_of"]).to_pylist():
             rep[r["id"]] = r["duplicate_of"]
     return rep
 

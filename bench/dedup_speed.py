@@ -38,14 +38,12 @@ import numpy as np
 import pyarrow as pa
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from datasketch import MinHash  # noqa: E402
-
-from pipeline import dedup, io  # noqa: E402
-from dedup_quality import load_corpus  # noqa: E402  (sibling script: bench/ is on sys.path)
-from pipeline.config import DedupConfig  # noqa: E402
-from pipeline.documents import docs_table  # noqa: E402
+from datasketch import MinHash
+from dedup_quality import load_corpus  # sibling script: bench/ is on sys.path
+from tokenmill.pipeline import dedup, storage
+from tokenmill.pipeline.config import DedupConfig
+from tokenmill.pipeline.documents import docs_table
 
 CFG = DedupConfig()
 
@@ -202,7 +200,7 @@ def write_replicas(directory: Path, texts: list[str], replicas: int, files: int 
 
 
 def e2e_bench(replicas: int, files: int) -> None:
-    from flows.server import start_server, stop_server
+    from tokenmill.flows.server import start_server, stop_server
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -214,7 +212,7 @@ def e2e_bench(replicas: int, files: int) -> None:
         try:
             for attempt, cpus in enumerate((1, 2, 1, 2)):  # alternated, best of two each: the machine is shared
                 out = tmp / f"out-{attempt}"
-                cmd = [sys.executable, "-m", "flows.cli", "dedup", str(tmp / "in"), "--out", str(out),
+                cmd = [sys.executable, "-m", "tokenmill.flows.cli", "dedup", str(tmp / "in"), "--out", str(out),
                        "--set", f"ray.num_cpus={cpus}", "--set", "ray.dashboard=false", "--set", f"ray.max_in_flight={2 * cpus}"]
                 proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PREFECT_API_URL": api.url}, capture_output=True, text=True)
                 if proc.returncode:
@@ -225,7 +223,7 @@ def e2e_bench(replicas: int, files: int) -> None:
                 print(f"ray.num_cpus={cpus}: dedup stage {wall:.1f} s for {n:,} docs = {n / wall:,.0f} docs/s "
                       f"({stats['docs_rejected']:,} removed, {stats['partitions']} partitions)")
             t = time.perf_counter()
-            dedup.run_local(io.list_files(str(tmp / "out-0" / "read")), str(tmp / "local"), CFG)
+            dedup.run_local(storage.list_files(str(tmp / "out-0" / "read")), str(tmp / "local"), CFG)
             local = time.perf_counter() - t
         finally:
             stop_server(api)
@@ -242,12 +240,18 @@ def datatrove_bench(replicas: int) -> None:
     """datatrove 0.10.1's four MinHash steps (LocalPipelineExecutor, 1 worker) vs tokenmill's steps
     (run_local, this process) on the same JSONL corpus, the same 5-grams, bands x rows and seed."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
-
-    from loguru import logger  # datatrove logs every task's stats: keep the bench's output readable
+    from loguru import (
+        logger,  # datatrove logs every task's stats: keep the bench's output readable
+    )
 
     logger.remove()
     bands, rows = dedup.lsh_params(CFG)
@@ -270,13 +274,13 @@ def datatrove_bench(replicas: int) -> None:
 
         for i, f in enumerate(files):
             rows_ = [json.loads(line) for line in open(f)]
-            io.write_parquet(f"{tmp}/tm/read/part-{i:05d}.parquet", docs_table(
+            storage.write_parquet(f"{tmp}/tm/read/part-{i:05d}.parquet", docs_table(
                 [{"id": r["id"], "text": r["text"], "source": f, "url": None, "meta": None} for r in rows_]))
-        urls = io.list_files(f"{tmp}/tm/read")
+        urls = storage.list_files(f"{tmp}/tm/read")
         t = time.perf_counter()
         dedup.run_local(urls, f"{tmp}/tm", CFG)
         ours_s = time.perf_counter() - t
-        ours = {r for f in io.list_files(f"{tmp}/tm/rejected/dedup") for r in io.read_parquet(f, columns=["id"])["id"].to_pylist()}
+        ours = {r for f in storage.list_files(f"{tmp}/tm/rejected/dedup") for r in storage.read_parquet(f, columns=["id"])["id"].to_pylist()}
     print(f"{n:,} docs ({replicas} perturbed copies of the corpus), {bands} x {rows} buckets, 5-grams, 1 core")
     print(f"datatrove MinhashDedupSignature/Buckets/Cluster/Filter (LocalPipelineExecutor, 1 worker): {theirs_s:.1f} s "
           f"= {n / theirs_s:,.0f} docs/s, {len(theirs):,} removed")
@@ -294,8 +298,8 @@ def datatrove_bench(replicas: int) -> None:
 
 def rss_child(directory: str, max_partition_rows: int) -> None:
     """Run every dedup step over the parquet parts in `directory`; print the peak RSS in MiB."""
-    urls = io.list_files(f"{directory}/in")
-    docs = sum(io.read_parquet(u, columns=["id"]).num_rows for u in urls)
+    urls = storage.list_files(f"{directory}/in")
+    docs = sum(storage.read_parquet(u, columns=["id"]).num_rows for u in urls)
     cfg = DedupConfig(max_partition_rows=max_partition_rows)
     partitions = dedup.num_partitions(cfg, docs)
     t = time.perf_counter()
@@ -317,7 +321,7 @@ def rss_bench(max_partition_rows: int = 20_000) -> None:
                 for p in range(4):
                     rows = [{"id": f"r{r:02d}-{i:05d}", "text": docs[i], "source": "bench", "url": None, "meta": None}
                             for i in range(p, len(docs), 4)]
-                    io.write_parquet(f"{work}/in/part-{r * 4 + p:05d}.parquet", docs_table(rows))
+                    storage.write_parquet(f"{work}/in/part-{r * 4 + p:05d}.parquet", docs_table(rows))
             proc = subprocess.run([sys.executable, __file__, "--rss-child", work, str(max_partition_rows)],
                                   capture_output=True, text=True, check=True)
             results[factor] = json.loads(proc.stdout.strip().splitlines()[-1])

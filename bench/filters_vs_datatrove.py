@@ -14,27 +14,35 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from pipeline.config import (C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig,  # noqa: E402
-                             QualityConfig, ReaderConfig)
-from pipeline.filters import build_chain  # noqa: E402
-from pipeline.filters.base import Doc  # noqa: E402
-from pipeline.filters.c4 import C4  # noqa: E402
-from pipeline.filters.fineweb import FineWeb  # noqa: E402
-from pipeline.filters.gopher import GopherQuality, GopherRepetition  # noqa: E402
-from pipeline.readers import expand_inputs, read_records  # noqa: E402
+from tokenmill.pipeline.config import (
+    C4Config,
+    FineWebConfig,
+    GopherQualityConfig,
+    GopherRepetitionConfig,
+    QualityConfig,
+    ReaderConfig,
+)
+from tokenmill.pipeline.filters import build_chain
+from tokenmill.pipeline.filters.base import Doc
+from tokenmill.pipeline.filters.c4 import C4
+from tokenmill.pipeline.filters.fineweb import FineWeb
+from tokenmill.pipeline.filters.gopher import GopherQuality, GopherRepetition
+from tokenmill.pipeline.readers import expand_inputs, read_records
 
 
 def datatrove_filters():
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
 
     return {
         "gopher_repetition": GopherRepetitionFilter(),

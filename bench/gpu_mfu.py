@@ -16,16 +16,12 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-
-from training.config import TrainConfig  # noqa: E402
-from training.metrics import mfu, peak_bf16_flops  # noqa: E402
-from training.model import PRESETS, ModelConfig, Transformer  # noqa: E402
-from training.train import ds_config, init_distributed, param_groups  # noqa: E402
+import torch
+from tokenmill.training.config import TrainConfig
+from tokenmill.training.metrics import mfu, peak_bf16_flops
+from tokenmill.training.model import PRESETS, ModelConfig, Transformer
+from tokenmill.training.train import ds_config, init_distributed, param_groups
 
 VOCAB = 50304  # GPT-2's vocabulary padded to a multiple of 64
 

@@ -24,17 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from pipeline.config import BUNDLED_CORPUS, ReaderConfig  # noqa: E402
-from pipeline.readers import plan_shards, read_records, uncompressed_size  # noqa: E402
+from tokenmill.pipeline.config import BUNDLED_CORPUS, ReaderConfig
+from tokenmill.pipeline.readers import plan_shards, read_records, uncompressed_size
 
 CHILD = """
 import json, resource, sys
-sys.path.insert(0, {repo!r})
-from pipeline.config import ReaderConfig
-from pipeline.readers import read_file
+from tokenmill.pipeline.config import ReaderConfig
+from tokenmill.pipeline.readers import read_file
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 stats = read_file({path!r}, 0, {run!r}, ReaderConfig(batch_bytes={batch}))
 print(json.dumps({{"docs": stats["docs_in"], "base_kb": base, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
@@ -63,7 +59,7 @@ def write_big(path: Path, mb: int) -> int:
 
 
 def peak_rss(path: Path, run: Path, batch: int) -> dict:
-    code = CHILD.format(repo=str(REPO), path=str(path), run=str(run), batch=batch)
+    code = CHILD.format(path=str(path), run=str(run), batch=batch)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     shutil.rmtree(run, ignore_errors=True)
     return json.loads(out.strip().splitlines()[-1])
@@ -78,8 +74,8 @@ def read_all(shards: list[dict]) -> tuple[int, float]:
 
 def quality_seconds_per_mb(url: Path) -> float:
     """CPU seconds per MB of text of the default quality chain, on the first 4 MB of records."""
-    from pipeline.config import QualityConfig
-    from pipeline.filters import Doc, build_chain, filter_docs
+    from tokenmill.pipeline.config import QualityConfig
+    from tokenmill.pipeline.filters import Doc, build_chain, filter_docs
 
     steps = build_chain(QualityConfig())
     docs, size = [], 0

@@ -20,19 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 VARIANTS = ["plain", "zero0", "zero1", "zero2", "zero3"]
 
 
 def worker(args) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
-
-    from training.config import TrainConfig
-    from training.model import Transformer
-    from training.train import ds_config, init_distributed, param_groups
+    from tokenmill.training.config import TrainConfig
+    from tokenmill.training.model import Transformer
+    from tokenmill.training.train import ds_config, init_distributed, param_groups
 
     rank, world = init_distributed()
     import deepspeed
@@ -109,8 +105,7 @@ def main() -> None:
                     __file__, "--worker", "--out", str(out), "--preset", args.preset, "--vocab", str(args.vocab),
                     "--seq-len", str(args.seq_len), "--micro-batch", str(args.micro_batch), "--steps", str(args.steps),
                     "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
-            env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, cores // n)),
-                       PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+            env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, cores // n)))
             proc = subprocess.run(argv, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{n}-process run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

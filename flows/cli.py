@@ -63,7 +63,7 @@ def _exit_on_sigterm(signum, frame):
 
 
 def _execute(cfg: RunConfig, flow_name: str, **flow_args) -> dict:
-    from pipeline.stages import ConfigChanged
+    from tokenmill.pipeline.stages import ConfigChanged
 
     from .server import prefect_api
 
@@ -98,7 +98,7 @@ def _execute(cfg: RunConfig, flow_name: str, **flow_args) -> dict:
 
 
 def _print_summary(cfg: RunConfig) -> None:
-    from pipeline import io
+    from tokenmill.pipeline import storage
 
     from .report import load_stats, summary_rows
 
@@ -113,15 +113,15 @@ def _print_summary(cfg: RunConfig) -> None:
     console.print(f"Outputs: {cfg.run_dir}")
     for name, what in (("dedup", "deduplicated"), (f"finetune/{cfg.finetune.task}/metrics.json", "fine-tune metrics"), ("tokens/manifest.json", "token shards"), ("train/model.safetensors", "model weights"),
                        ("train/metrics.jsonl", "training metrics"), ("report.md", "report"), ("report.html", "report (HTML)")):
-        if io.exists(io.join(cfg.run_dir, name)):
+        if storage.exists(storage.join(cfg.run_dir, name)):
             console.print(f"  {what:15s} {cfg.run_dir}/{name}")
 
 
 def _print_finetune(run_dir: str) -> None:
-    from pipeline import io
+    from tokenmill.pipeline import storage
 
-    for url in sorted(io.list_files(io.join(run_dir, "finetune"), "*/metrics.json")):
-        m = io.read_json(url)
+    for url in sorted(storage.list_files(storage.join(run_dir, "finetune"), "*/metrics.json")):
+        m = storage.read_json(url)
         table = Table(title=f"fine-tune {m['task']}: held-out {m['heldout_docs']} docs (trained on {m['train_docs']})")
         for col in ("model", "accuracy", "macro P", "macro R", "macro F1", *(f"F1 {label}" for label in m["labels"])):
             table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
@@ -132,9 +132,9 @@ def _print_finetune(run_dir: str) -> None:
 
 
 def _print_funnel(run_dir: str) -> None:
-    from pipeline import funnel, io
+    from tokenmill.pipeline import funnel, storage
 
-    if not io.exists(io.join(run_dir, "funnel.md")):
+    if not storage.exists(storage.join(run_dir, "funnel.md")):
         return
     table = Table(title="data funnel (funnel.md)")
     for i, col in enumerate(funnel.COLUMNS):
@@ -196,7 +196,7 @@ def _check_checkpoint(run_dir: str, step: int | None) -> None:
     """Fail before starting anything when STEP is not a kept checkpoint, listing the kept ones."""
     if step is None:
         return
-    from training.checkpoint import checkpoint_tag
+    from tokenmill.training.checkpoint import checkpoint_tag
 
     try:
         checkpoint_tag(Path(run_dir, "train", "checkpoints"), step)
@@ -302,7 +302,7 @@ def export_cmd(run: str = typer.Argument(..., help="run id (under --output-dir) 
                checkpoint: Optional[int] = CheckpointOpt, output_dir: Optional[str] = OutOpt):
     """Export a run's latest checkpoint, or a kept one (--checkpoint STEP), of any ZeRO stage, consolidated
     to fp32, as a Hugging Face Llama model."""
-    from training.export import export_run
+    from tokenmill.training.export import export_run
 
     run_dir = Path(run) if Path(run, "tokens").is_dir() else Path(output_dir or "runs") / run
     try:
@@ -320,7 +320,7 @@ def inspect_cmd(run: str = typer.Argument(..., help="run id (under --output-dir)
                 chars: int = typer.Option(600, "--chars", min=0, help="characters of each document's text to show"),
                 output_dir: Optional[str] = OutOpt):
     """Show a few documents a run rejected for a reason (no Prefect or Ray needed)."""
-    from pipeline import funnel
+    from tokenmill.pipeline import funnel
 
     run_dir = run if Path(run).is_dir() or "://" in run else load_config(output_dir=output_dir, run_id=run).run_dir
     if not funnel.doc_stages(run_dir):

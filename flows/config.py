@@ -10,9 +10,8 @@ from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-
-from pipeline.config import CurateConfig
-from training.config import EvalConfig, FinetuneConfig, TrainConfig
+from tokenmill.pipeline.config import CurateConfig
+from tokenmill.training.config import EvalConfig, FinetuneConfig, TrainConfig
 
 
 class RayConfig(BaseModel):

@@ -9,10 +9,15 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-
-from pipeline import dedup, filters, funnel, io, readers, tokenize
-from pipeline.stages import finish_stage, finished, finished_part, shard_of, stage_parts
-from training import quality_model
+from tokenmill.pipeline import dedup, filters, funnel, readers, storage, tokenize
+from tokenmill.pipeline.stages import (
+    finish_stage,
+    finished,
+    finished_part,
+    shard_of,
+    stage_parts,
+)
+from tokenmill.training import quality_model
 
 from .config import RunConfig
 from .runtime import ray_task_runner, run_mapped, stage
@@ -47,7 +52,7 @@ def _mapper(config: RunConfig):
                 return finished(marker(call), outputs)
 
             def commit(call, result):
-                io.write_json(marker(call), result)
+                storage.write_json(marker(call), result)
         return run_mapped(fn, calls, config.ray.max_in_flight, what, config.prefect.task_retries,
                           config.prefect.retry_delay_s, done=done, commit=commit)
     return mapped
@@ -56,7 +61,7 @@ def _mapper(config: RunConfig):
 def _marker(directory: str, key: str = "part_url"):
     """marker(call) -> <directory>/_parts/<name of the call's part or partition>.json"""
     def marker(call):
-        return io.join(directory, "_parts", posixpath.basename(call[key]).split(".")[0] + ".json")
+        return storage.join(directory, "_parts", posixpath.basename(call[key]).split(".")[0] + ".json")
     return marker
 
 
@@ -67,7 +72,7 @@ def read_settings(config: RunConfig) -> dict:
 
 def read_stage(config: RunConfig) -> dict:
     cfg, run_dir = config.curate, config.run_dir
-    shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes, io.join(run_dir, "read", "_index"))
+    shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes, storage.join(run_dir, "read", "_index"))
     calls = [dict(**s, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, s in enumerate(shards)]
     stats = finish_stage(run_dir, "read", _mapper(config)(read_file, calls, "read", stage="read"))
     for e in stats["errors"]:
@@ -78,37 +83,37 @@ def read_stage(config: RunConfig) -> dict:
 def dedup_stage(config: RunConfig, source: str) -> dict:
     """Exact then MinHash LSH dedup of `source`'s parts into the `dedup` stage (pipeline/dedup.py has the steps)."""
     cfg, run_dir, mapped = config.curate.dedup, config.run_dir, _mapper(config)
-    work = io.join(run_dir, "dedup", "_work")
+    work = storage.join(run_dir, "dedup", "_work")
     parts = stage_parts(run_dir, source)
-    partitions = dedup.num_partitions(cfg, io.read_json(io.join(run_dir, source, "_stats.json"))["docs_kept"])
+    partitions = dedup.num_partitions(cfg, storage.read_json(storage.join(run_dir, source, "_stats.json"))["docs_kept"])
     summary: dict = {"partitions": partitions}
-    calls = [dict(part_url=p, work_dir=io.join(work, "ids"), partitions=partitions) for p in parts]
-    mapped(id_rows, calls, "id rows", marker=_marker(io.join(work, "ids")))
-    calls = [dict(partition=dedup.partition_dir(io.join(work, "ids"), p)) for p in range(partitions)]
-    mapped(check_ids, calls, "id check", marker=_marker(io.join(work, "ids-checked"), "partition"))
+    calls = [dict(part_url=p, work_dir=storage.join(work, "ids"), partitions=partitions) for p in parts]
+    mapped(id_rows, calls, "id rows", marker=_marker(storage.join(work, "ids")))
+    calls = [dict(partition=dedup.partition_dir(storage.join(work, "ids"), p)) for p in range(partitions)]
+    mapped(check_ids, calls, "id check", marker=_marker(storage.join(work, "ids-checked"), "partition"))
     exact_urls: list[str] = []
     if cfg.exact:
-        calls = [dict(part_url=p, work_dir=io.join(work, "exact"), partitions=partitions, batch_size=cfg.batch_size) for p in parts]
-        mapped(exact_hashes, calls, "exact hashes", marker=_marker(io.join(work, "exact")))
-        exact_urls = [io.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
-        calls = [dict(partition=dedup.partition_dir(io.join(work, "exact"), p), out_url=u) for p, u in enumerate(exact_urls)]
-        mapped(exact_groups, calls, "exact groups", marker=_marker(io.join(work, "exact-groups"), "out_url"))
+        calls = [dict(part_url=p, work_dir=storage.join(work, "exact"), partitions=partitions, batch_size=cfg.batch_size) for p in parts]
+        mapped(exact_hashes, calls, "exact hashes", marker=_marker(storage.join(work, "exact")))
+        exact_urls = [storage.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
+        calls = [dict(partition=dedup.partition_dir(storage.join(work, "exact"), p), out_url=u) for p, u in enumerate(exact_urls)]
+        mapped(exact_groups, calls, "exact groups", marker=_marker(storage.join(work, "exact-groups"), "out_url"))
     pair_urls: list[str] = []
     if cfg.minhash:
-        calls = [dict(part_url=p, work_dir=io.join(work, "bands"), partitions=partitions, cfg=cfg, exact_urls=exact_urls) for p in parts]
-        mapped(signature_rows, calls, "minhash signatures", marker=_marker(io.join(work, "bands")))
-        pair_urls = [io.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
-        calls = [dict(partition=dedup.partition_dir(io.join(work, "bands"), p), out_url=u, cfg=cfg) for p, u in enumerate(pair_urls)]
-        found = mapped(bucket_pairs, calls, "minhash buckets", marker=_marker(io.join(work, "pairs"), "out_url"))
+        calls = [dict(part_url=p, work_dir=storage.join(work, "bands"), partitions=partitions, cfg=cfg, exact_urls=exact_urls) for p in parts]
+        mapped(signature_rows, calls, "minhash signatures", marker=_marker(storage.join(work, "bands")))
+        pair_urls = [storage.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
+        calls = [dict(partition=dedup.partition_dir(storage.join(work, "bands"), p), out_url=u, cfg=cfg) for p, u in enumerate(pair_urls)]
+        found = mapped(bucket_pairs, calls, "minhash buckets", marker=_marker(storage.join(work, "pairs"), "out_url"))
         bands, rows = dedup.lsh_params(cfg)
         summary.update(bands=bands, rows=rows, **{k: sum(f[k] for f in found) for k in ("candidate_pairs", "pairs")})
-    duplicates_dir = io.join(work, "duplicates")
+    duplicates_dir = storage.join(work, "duplicates")
     call = dict(pair_urls=pair_urls, exact_urls=exact_urls, out_dir=duplicates_dir)
     summary.update(mapped(clusters, [call], "dedup clusters", marker=_marker(duplicates_dir, "out_dir"))[0])
     calls = [dict(part_url=p, duplicates_dir=duplicates_dir, run_dir=run_dir) for p in parts]
     stats = finish_stage(run_dir, "dedup", mapped(drop_duplicates, calls, "dedup drop", stage="dedup"), **summary)
     for scratch in ("ids", "ids-checked", "exact", "bands"):  # the band rows are the bulk; pairs and duplicate lists stay
-        io.remove_tree(io.join(work, scratch))
+        storage.remove_tree(storage.join(work, scratch))
     return stats
 
 
@@ -130,23 +135,23 @@ def curate(config: RunConfig) -> dict:
                             classifier=qm.classifier, label=label, threshold=qm.threshold)
 
     def tokens(source: str):
-        out = io.join(run_dir, "tokens")
+        out = storage.join(run_dir, "tokens")
         parts = stage_parts(run_dir, source)
-        tokenizer_url = io.join(out, "tokenizer.json")
+        tokenizer_url = storage.join(out, "tokenizer.json")
         call = dict(part_urls=parts, out_url=tokenizer_url, cfg=cfg.tokenizer)
-        tok = mapped(train_tokenizer, [call], "train tokenizer", marker=lambda _: io.join(out, "_parts", "train-tokenizer.json"),
+        tok = mapped(train_tokenizer, [call], "train tokenizer", marker=lambda _: storage.join(out, "_parts", "train-tokenizer.json"),
                      outputs=lambda _: [tokenizer_url])[0]
         calls = [dict(part_url=p, tokenizer_url=tokenizer_url, out_dir=out, cfg=cfg.tokens) for p in parts]
         shards = [s for part in mapped(tokenize_part, calls, "tokenize", marker=_marker(out),
-                                       outputs=lambda result: [io.join(out, s["file"]) for s in result]) for s in part]
-        docs = io.read_json(io.join(run_dir, source, "_stats.json"))["docs_kept"]
+                                       outputs=lambda result: [storage.join(out, s["file"]) for s in result]) for s in part]
+        docs = storage.read_json(storage.join(run_dir, source, "_stats.json"))["docs_kept"]
         manifest = tokenize.write_manifest(out, tokenizer_url, shards, cfg.tokens, docs)
         stats = {"stage": "tokens", "tokenizer": tok, **manifest["totals"], "source_docs": docs}
-        io.write_json(io.join(out, "_stats.json"), stats)
-        io.mark_done(out)
+        storage.write_json(storage.join(out, "_stats.json"), stats)
+        storage.mark_done(out)
         return stats
 
-    io.makedirs(run_dir)
+    storage.makedirs(run_dir)
     stats = {"read": stage(run_dir, "read", lambda: read_stage(config), read_settings(config)),
              "quality": stage(run_dir, "quality", quality, {"quality": cfg.quality.model_dump()})}
     last = "quality"
@@ -170,7 +175,7 @@ def curate(config: RunConfig) -> dict:
 def dedup_flow(config: RunConfig) -> dict:
     """read -> dedup only (`tokenmill dedup`): kept docs in <run>/dedup, duplicates in <run>/rejected/dedup."""
     config = config.with_run_id()
-    io.makedirs(config.run_dir)
+    storage.makedirs(config.run_dir)
     stats = {"read": stage(config.run_dir, "read", lambda: read_stage(config), read_settings(config))}
     stats["dedup"] = stage(config.run_dir, "dedup", lambda: dedup_stage(config, "read"),
                            {"source": "read", "dedup": config.curate.dedup.model_dump()})

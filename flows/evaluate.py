@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-from pipeline import io
-from training.evaluate import evaluate as evaluate_model
-from training.harness import evaluate_run as run_lm_eval
+from tokenmill.pipeline import storage
+from tokenmill.training.evaluate import evaluate as evaluate_model
+from tokenmill.training.harness import evaluate_run as run_lm_eval
 
 from .config import RunConfig
 from .report import metric_rows, write_reports
@@ -24,19 +23,19 @@ def evaluate(config: RunConfig, checkpoint: int | None = None) -> dict:
     name = "eval" if checkpoint is None else f"eval/step-{checkpoint}"
 
     def run():
-        metrics = evaluate_task(io.join(run_dir, "train"), io.join(run_dir, "tokens"), config.evaluate,
+        metrics = evaluate_task(storage.join(run_dir, "train"), storage.join(run_dir, "tokens"), config.evaluate,
                                 seed=config.train.seed, step=checkpoint)
         if config.evaluate.lm_eval:
             metrics["lm_eval"] = lm_eval_task(run_dir, config.evaluate, seed=config.train.seed, step=checkpoint)
             get_run_logger().info("lm-eval: %s", metrics["lm_eval"].get("skipped") or metrics["lm_eval"]["trained"])
-        io.write_json(io.join(run_dir, name, "_stats.json"), metrics)
+        storage.write_json(storage.join(run_dir, name, "_stats.json"), metrics)
         write_reports(run_dir)
-        io.mark_done(io.join(run_dir, name))
+        storage.mark_done(storage.join(run_dir, name))
         return metrics
 
     metrics = stage(run_dir, name, run)
     key = config.run_id.lower().replace("_", "-")
-    report = io.read_bytes(io.join(run_dir, "report.md")).decode()
+    report = storage.read_bytes(storage.join(run_dir, "report.md")).decode()
     create_markdown_artifact(report, key=f"report-{key}", description=f"tokenmill run report ({run_dir}/report.html)")
     rows = metric_rows(run_dir)
     if rows:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-
-from pipeline import io
-from training.finetune import run_finetune
+from tokenmill.pipeline import storage
+from tokenmill.training.finetune import run_finetune
 
 from .config import RunConfig
 from .report import write_reports
@@ -22,12 +21,12 @@ def finetune_job(config: RunConfig) -> dict:
 def summarize_tasks(run_dir: str) -> dict:
     """finetune/_stats.json: per task fine-tuned in this run, its sizes and each model's accuracy and macro F1."""
     tasks = {}
-    for url in sorted(io.list_files(io.join(run_dir, "finetune"), "*/metrics.json")):
-        m = io.read_json(url)
+    for url in sorted(storage.list_files(storage.join(run_dir, "finetune"), "*/metrics.json")):
+        m = storage.read_json(url)
         tasks[m["task"]] = {"labels": m["labels"], "train_docs": m["train_docs"], "heldout_docs": m["heldout_docs"],
                             "models": {name: {k: v[k] for k in ("accuracy", "macro_f1")} for name, v in m["models"].items()}}
     summary = {"tasks": tasks}
-    io.write_json(io.join(run_dir, "finetune", "_stats.json"), summary)
+    storage.write_json(storage.join(run_dir, "finetune", "_stats.json"), summary)
     return summary
 
 
@@ -44,16 +43,16 @@ def metrics_rows(metrics: dict) -> list[dict]:
 @flow(name="finetune", log_prints=True)
 def finetune(config: RunConfig) -> dict:
     run_dir, name = config.run_dir, config.finetune.task
-    out = io.join(run_dir, "finetune", name)
+    out = storage.join(run_dir, "finetune", name)
 
     def job():
         finetune_job(config)
-        io.mark_done(out)
-        return io.read_json(io.join(out, "_stats.json"))
+        storage.mark_done(out)
+        return storage.read_json(storage.join(out, "_stats.json"))
 
     # A rerun with other fine-tune settings is refused rather than answered with the old metrics.
     stage(run_dir, f"finetune/{name}", job, config.finetune.model_dump(exclude={"in_run"}))
-    metrics = io.read_json(io.join(out, "metrics.json"))
+    metrics = storage.read_json(storage.join(out, "metrics.json"))
     summarize_tasks(run_dir)
     key = f"finetune-{config.run_id}-{name}".lower().replace("_", "-")
     create_table_artifact(metrics_rows(metrics), key="".join(c if c.isalnum() or c == "-" else "-" for c in key),

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import funnel, io
+from tokenmill.pipeline import funnel, storage
 
 DOC_STAGES = ("read", "quality", "dedup", "quality_model")
 LM_EVAL_MISSING = "lm-eval not installed (pip install tokenmill[eval])"
@@ -27,24 +27,24 @@ ASSETS = "report_files"  # PNGs of report.md, beside it
 def load_stats(run_dir: str) -> dict[str, dict]:
     stats = {}
     for name in (*DOC_STAGES, "tokens", "train", "eval"):
-        url = io.join(run_dir, name, "_stats.json")
-        if io.exists(url):
-            stats[name] = io.read_json(url)
+        url = storage.join(run_dir, name, "_stats.json")
+        if storage.exists(url):
+            stats[name] = storage.read_json(url)
     return stats
 
 
 def checkpoint_evals(run_dir: str) -> dict[int, dict]:
     """Evaluations of kept intermediate checkpoints (`tokenmill evaluate --checkpoint STEP`), by step."""
     out = {}
-    for url in io.list_files(io.join(run_dir, "eval"), "step-*/_stats.json"):
-        stats = io.read_json(url)
+    for url in storage.list_files(storage.join(run_dir, "eval"), "step-*/_stats.json"):
+        stats = storage.read_json(url)
         out[int(stats["step"])] = stats
     return dict(sorted(out.items()))
 
 
 def finetune_metrics(run_dir: str) -> dict[str, dict]:
     """runs/<id>/finetune/<task>/metrics.json of the fine-tune flow, by task."""
-    return {url.rsplit("/", 2)[-2]: io.read_json(url) for url in sorted(io.list_files(io.join(run_dir, "finetune"), "*/metrics.json"))}
+    return {url.rsplit("/", 2)[-2]: storage.read_json(url) for url in sorted(storage.list_files(storage.join(run_dir, "finetune"), "*/metrics.json"))}
 
 
 def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
@@ -280,9 +280,9 @@ def report_sections(run_dir: str) -> list[Section]:
             f"Byte-level BPE, vocab {t['tokenizer']['vocab_size']:,}.",
             Table(["split", "shards", "sequences", "tokens"], [[s, t[s]["shards"], f"{t[s]['rows']:,}", f"{t[s]['tokens']:,}"] for s in ("train", "val")])]))
 
-    metrics_url = io.join(run_dir, "train", "metrics.jsonl")
-    metrics = ([json.loads(line) for line in io.read_bytes(metrics_url).decode().splitlines() if line.strip()]
-               if io.exists(metrics_url) else [])
+    metrics_url = storage.join(run_dir, "train", "metrics.jsonl")
+    metrics = ([json.loads(line) for line in storage.read_bytes(metrics_url).decode().splitlines() if line.strip()]
+               if storage.exists(metrics_url) else [])
     if "train" in stats or metrics:
         blocks = []
         if "train" in stats:
@@ -321,8 +321,8 @@ def report_sections(run_dir: str) -> list[Section]:
             blocks += [("h3", task), *_finetune_blocks(task, m)]
         sections.append(Section("Fine-tune", blocks))
 
-    config_url = io.join(run_dir, "config.yaml")
-    sections.append(Section("Config", [Pre(io.read_bytes(config_url).decode()) if io.exists(config_url)
+    config_url = storage.join(run_dir, "config.yaml")
+    sections.append(Section("Config", [Pre(storage.read_bytes(config_url).decode()) if storage.exists(config_url)
                                        else "No config.yaml in the run directory (the train flow saves the run's config there)."]))
     sections.append(Section("Environment", [Table(["package", "version"], [*package_versions(), ["git commit", git_commit()]])]))
     return sections
@@ -413,15 +413,15 @@ def render_html(run_dir: str, sections: list[Section]) -> str:
 
 def _write_if_changed(url: str, data: bytes) -> None:
     """Left as it is when unchanged, so a rerun that changes nothing writes nothing."""
-    if not io.exists(url) or io.read_bytes(url) != data:
-        io.write_bytes(url, data)
+    if not storage.exists(url) or storage.read_bytes(url) != data:
+        storage.write_bytes(url, data)
 
 
 def write_run_config(run_dir: str, config: dict) -> None:
     """<run>/config.yaml: the configuration the run was trained with."""
     import yaml
 
-    _write_if_changed(io.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False).encode())
+    _write_if_changed(storage.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False).encode())
 
 
 def write_reports(run_dir: str) -> tuple[str, str]:
@@ -430,8 +430,8 @@ def write_reports(run_dir: str) -> tuple[str, str]:
     sections = report_sections(run_dir)
     markdown, images = render_markdown(run_dir, sections)
     for name, png in images.items():
-        _write_if_changed(io.join(run_dir, ASSETS, name), png)
-    md_url, html_url = io.join(run_dir, "report.md"), io.join(run_dir, "report.html")
+        _write_if_changed(storage.join(run_dir, ASSETS, name), png)
+    md_url, html_url = storage.join(run_dir, "report.md"), storage.join(run_dir, "report.html")
     _write_if_changed(md_url, markdown.encode())
     _write_if_changed(html_url, render_html(run_dir, sections).encode())
     return md_url, html_url

@@ -7,10 +7,15 @@ from typing import Any, Callable, Sequence
 
 from prefect import get_run_logger
 from prefect_ray import RayTaskRunner
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from pipeline import io
-from pipeline.stages import check_stage_config
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.stages import check_stage_config
 
 from .config import RayConfig
 
@@ -79,12 +84,12 @@ def stage(run_dir: str, name: str, fn: Callable[[], dict], settings: dict | None
     `settings` (the config the stage's output depends on) are recorded with the stage; a rerun with
     other settings is refused (stages.ConfigChanged) instead of reusing what was made under the old ones."""
     logger = get_run_logger()
-    stage_dir = io.join(run_dir, name)
+    stage_dir = storage.join(run_dir, name)
     if settings is not None:
         check_stage_config(run_dir, name, settings)
-    if io.stage_done(stage_dir):
+    if storage.stage_done(stage_dir):
         logger.info("stage %s: done in an earlier run, skipped", name)
-        stats = io.read_json(io.join(stage_dir, "_stats.json"))
+        stats = storage.read_json(storage.join(stage_dir, "_stats.json"))
         return {**stats, "skipped": True}
     stats = fn()
     counts = {k: stats[k] for k in ("docs_in", "docs_kept", "docs_rejected") if k in stats}

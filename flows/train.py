@@ -7,10 +7,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_table_artifact
-
-from pipeline import io
-from training import launch
-from training.metrics import final_table, loss_curve_png, read_metrics
+from tokenmill.pipeline import storage
+from tokenmill.training import launch
+from tokenmill.training.metrics import final_table, loss_curve_png, read_metrics
 
 from .config import RunConfig
 from .report import write_run_config
@@ -20,7 +19,7 @@ from .runtime import stage
 @task(name="deepspeed-job")
 def run_training_job(config: RunConfig) -> dict:
     logger = get_run_logger()
-    tokens_dir, out_dir = io.join(config.run_dir, "tokens"), io.join(config.run_dir, "train")
+    tokens_dir, out_dir = storage.join(config.run_dir, "tokens"), storage.join(config.run_dir, "train")
     return launch.run_job(config.train, tokens_dir, out_dir, on_line=logger.info)
 
 
@@ -37,15 +36,15 @@ def publish_artifacts(config: RunConfig, summary: dict) -> None:
 
 @flow(name="train", log_prints=True)
 def train(config: RunConfig) -> dict:
-    out_dir = io.join(config.run_dir, "train")
+    out_dir = storage.join(config.run_dir, "train")
     write_run_config(config.run_dir, config.model_dump(mode="json"))  # what the report shows as "config used"
 
     def job():
         summary = run_training_job(config)
         png = loss_curve_png(read_metrics(Path(out_dir, "metrics.jsonl")), title=f"tokenmill {config.run_id}: training loss")
         Path(out_dir, "loss.png").write_bytes(png)
-        io.write_json(io.join(out_dir, "_stats.json"), summary)
-        io.mark_done(out_dir)
+        storage.write_json(storage.join(out_dir, "_stats.json"), summary)
+        storage.mark_done(out_dir)
         return summary
 
     summary = stage(config.run_dir, "train", job)

@@ -39,8 +39,8 @@ from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 from numba import njit
 
-from . import io
 from . import minhash as kernels
+from . import storage
 from .config import DedupConfig
 from .minhash import NO_SPACE_SHARE
 from .stages import part_name, shard_of, write_part
@@ -145,11 +145,11 @@ def num_partitions(cfg: DedupConfig, docs: int) -> int:
 
 
 def partition_dir(work_dir: str, p: int) -> str:
-    return io.join(work_dir, f"partition-{p:05d}")
+    return storage.join(work_dir, f"partition-{p:05d}")
 
 
 def _batches(part_url: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
-    fs, path = io.fs_path(part_url)
+    fs, path = storage.fs_path(part_url)
     with fs.open(path, "rb") as f:
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
 
@@ -162,11 +162,11 @@ def _write_partitioned(table: pa.Table, key: np.ndarray, work_dir: str, partitio
     for p in range(partitions):
         rows = order[bounds[p] : bounds[p + 1]]
         if len(rows):
-            io.write_parquet(io.join(partition_dir(work_dir, p), name), table.take(pa.array(rows)))
+            storage.write_parquet(storage.join(partition_dir(work_dir, p), name), table.take(pa.array(rows)))
 
 
 def _read_all(urls: list[str], **kwargs) -> pa.Table | None:
-    tables = [io.read_parquet(u, **kwargs) for u in urls]
+    tables = [storage.read_parquet(u, **kwargs) for u in urls]
     return pa.concat_tables(tables) if tables else None
 
 
@@ -174,7 +174,7 @@ def _part_rows(urls: list[str], part: int, columns: list[str]) -> pa.Table | Non
     """Rows of `part` from files that have a `part` column (one per partition)."""
     tables = []
     for url in urls:
-        fs, path = io.fs_path(url)
+        fs, path = storage.fs_path(url)
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f, columns=columns, filters=[("part", "=", part)]))
     return pa.concat_tables(tables) if tables else None
@@ -204,7 +204,7 @@ def check_ids(partition: str) -> dict:
     one a pair, a cluster or a rejection means is undecidable. It is a configuration error (an id_key
     that is not unique in this corpus, or the same input given twice), so the stage stops before any
     work rather than rejecting documents at random."""
-    table = _read_all(io.list_files(partition))
+    table = _read_all(storage.list_files(partition))
     if table is None or table.num_rows == 0:
         return {"ids": 0}
     counts = table["id"].value_counts()
@@ -240,7 +240,7 @@ def exact_hashes(part_url: str, work_dir: str, partitions: int, batch_size: int 
 
 def exact_groups(partition: str, out_url: str) -> dict:
     """Docs of one hash partition whose normalised text equals a lower id's: (id, part, duplicate_of, rep_part)."""
-    table = _read_all(io.list_files(partition))
+    table = _read_all(storage.list_files(partition))
     if table is None or table.num_rows == 0:
         table = pa.table({"hash": pa.array([], pa.binary(16)), "id": pa.array([], pa.string()), "part": pa.array([], pa.int32())})
     table = table.sort_by([("hash", "ascending"), ("id", "ascending")])
@@ -252,7 +252,7 @@ def exact_groups(partition: str, out_url: str) -> dict:
     parts = table["part"].to_numpy()
     out = pa.table({"id": pa.array(ids[dup], pa.string()), "part": pa.array(parts[dup], pa.int32()),
                     "duplicate_of": pa.array(ids[rep[dup]], pa.string()), "rep_part": pa.array(parts[rep[dup]], pa.int32())})
-    io.write_parquet(out_url, out)
+    storage.write_parquet(out_url, out)
     return {"docs": table.num_rows, "duplicates": out.num_rows}
 
 
@@ -300,7 +300,7 @@ def bucket_pairs(partition: str, out_url: str, cfg: DedupConfig) -> dict:
     Each bucket links its members to its lowest id; with cfg.verify, only members whose estimated
     Jaccard with it is >= threshold, and the members left over form a bucket of their own.
     Reads the keys first, then only the rows of buckets with two members or more."""
-    files = io.list_files(partition)
+    files = storage.list_files(partition)
     keys = _read_all(files, columns=["band_hash"])
     shared = pa.array([], pa.uint64())
     if keys is not None and keys.num_rows:
@@ -309,7 +309,7 @@ def bucket_pairs(partition: str, out_url: str, cfg: DedupConfig) -> dict:
     del keys
     candidates = []
     for url in files:
-        t = io.read_parquet(url)
+        t = storage.read_parquet(url)
         candidates.append(t.filter(pc.is_in(t["band_hash"], value_set=shared)))
     stats = {"band_rows_in_buckets": 0, "candidate_pairs": 0, "pairs": 0}
     pairs: set[tuple[str, str, int, int]] = set()
@@ -332,7 +332,7 @@ def bucket_pairs(partition: str, out_url: str, cfg: DedupConfig) -> dict:
     rows = sorted(pairs)
     stats["pairs"] = len(rows)
     cols = list(zip(*rows)) if rows else [(), (), (), ()]
-    io.write_parquet(out_url, pa.table({"a": pa.array(cols[0], pa.string()), "b": pa.array(cols[1], pa.string()),
+    storage.write_parquet(out_url, pa.table({"a": pa.array(cols[0], pa.string()), "b": pa.array(cols[1], pa.string()),
                                         "part_a": pa.array(cols[2], pa.int32()), "part_b": pa.array(cols[3], pa.int32())}))
     return stats
 
@@ -432,7 +432,7 @@ def clusters(pair_urls: list[str], exact_urls: list[str], out_dir: str) -> dict:
     by_part = np.argsort(part_of[dups], kind="stable")  # stable: ids stay in order within a part
     parts, starts = np.unique(part_of[dups][by_part], return_index=True)
     for part, rows in zip(parts.tolist(), np.split(by_part, starts[1:])):
-        io.write_parquet(io.join(out_dir, part_name(part) + ".parquet"),
+        storage.write_parquet(storage.join(out_dir, part_name(part) + ".parquet"),
                          pa.table({"id": ids.take(pa.array(dups[rows])), "duplicate_of": ids.take(pa.array(root[dups[rows]])),
                                    "reason": pa.array(np.where(is_exact[rows], EXACT, NEAR), pa.string())}))
     roots = np.unique(root)
@@ -444,11 +444,11 @@ def clusters(pair_urls: list[str], exact_urls: list[str], out_dir: str) -> dict:
 def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str, stage: str = "dedup") -> dict:
     """Write a part's kept docs to <run>/<stage> and its duplicates, with reason and duplicate_of, to rejected/."""
     started = time.perf_counter()
-    docs = io.read_parquet(part_url)
-    url = io.join(duplicates_dir, part_name(shard_of(part_url)) + ".parquet")
+    docs = storage.read_parquet(part_url)
+    url = storage.join(duplicates_dir, part_name(shard_of(part_url)) + ".parquet")
     found = {}
-    if io.exists(url):
-        dups = io.read_parquet(url).to_pydict()
+    if storage.exists(url):
+        dups = storage.read_parquet(url).to_pydict()
         found = {i: (r, why) for i, r, why in zip(dups["id"], dups["duplicate_of"], dups["reason"])}
     hits = [found.get(i, (None, None)) for i in docs["id"].to_pylist()]
     return write_part(run_dir, stage, shard_of(part_url), docs, [h[1] for h in hits], [h[0] for h in hits], started=started)
@@ -458,26 +458,26 @@ def run_local(part_urls: list[str], run_dir: str, cfg: DedupConfig, partitions: 
     """All steps in order in this process, as the flow wires them (for tests, benchmarks and small data):
     <run_dir>/dedup/part-*.parquet and <run_dir>/rejected/dedup/part-*.parquet. Returns clusters' summary."""
     partitions = partitions or cfg.partitions
-    work = io.join(run_dir, "dedup", "_work")
+    work = storage.join(run_dir, "dedup", "_work")
     for url in part_urls:
-        id_rows(url, io.join(work, "ids"), partitions)
+        id_rows(url, storage.join(work, "ids"), partitions)
     for p in range(partitions):
-        check_ids(partition_dir(io.join(work, "ids"), p))
+        check_ids(partition_dir(storage.join(work, "ids"), p))
     exact_urls: list[str] = []
     if cfg.exact:
         for url in part_urls:
-            exact_hashes(url, io.join(work, "exact"), partitions, cfg.batch_size)
-        exact_urls = [io.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
+            exact_hashes(url, storage.join(work, "exact"), partitions, cfg.batch_size)
+        exact_urls = [storage.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
         for p, out in enumerate(exact_urls):
-            exact_groups(partition_dir(io.join(work, "exact"), p), out)
+            exact_groups(partition_dir(storage.join(work, "exact"), p), out)
     pair_urls: list[str] = []
     if cfg.minhash:
         for url in part_urls:
-            signature_rows(url, io.join(work, "bands"), partitions, cfg, exact_urls)
-        pair_urls = [io.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
+            signature_rows(url, storage.join(work, "bands"), partitions, cfg, exact_urls)
+        pair_urls = [storage.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
         for p, out in enumerate(pair_urls):
-            bucket_pairs(partition_dir(io.join(work, "bands"), p), out, cfg)
-    summary = clusters(pair_urls, exact_urls, io.join(work, "duplicates"))
+            bucket_pairs(partition_dir(storage.join(work, "bands"), p), out, cfg)
+    summary = clusters(pair_urls, exact_urls, storage.join(work, "duplicates"))
     for url in part_urls:
-        drop_duplicates(url, io.join(work, "duplicates"), run_dir)
+        drop_duplicates(url, storage.join(work, "duplicates"), run_dir)
     return summary

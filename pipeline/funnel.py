@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from . import io
+from . import storage
 
 COLUMNS = ["stage", "reason", "docs", "bytes", "chars", "% of stage docs"]
 
@@ -12,8 +12,8 @@ COLUMNS = ["stage", "reason", "docs", "bytes", "chars", "% of stage docs"]
 def doc_stages(run_dir: str) -> list[str]:
     """Stages with document books, in pipeline order (each one's docs_in is the previous kept)."""
     stats = {}
-    for url in io.list_files(run_dir, "*/_stats.json"):
-        s = io.read_json(url)
+    for url in storage.list_files(run_dir, "*/_stats.json"):
+        s = storage.read_json(url)
         if "docs_in" in s:
             stats[url.rsplit("/", 2)[-2]] = s
     ordered: list[str] = []
@@ -43,7 +43,7 @@ def funnel_rows(stats: dict[str, dict]) -> list[dict]:
 
 
 def load_funnel(run_dir: str) -> list[dict]:
-    return funnel_rows({name: io.read_json(io.join(run_dir, name, "_stats.json")) for name in doc_stages(run_dir)})
+    return funnel_rows({name: storage.read_json(storage.join(run_dir, name, "_stats.json")) for name in doc_stages(run_dir)})
 
 
 def fmt(value) -> str:
@@ -60,10 +60,10 @@ def funnel_markdown(rows: list[dict]) -> str:
 
 def write_funnel(run_dir: str, rows: list[dict]) -> str:
     """<run>/funnel.md; left as it is when unchanged, so a rerun that skips every stage writes nothing."""
-    url = io.join(run_dir, "funnel.md")
+    url = storage.join(run_dir, "funnel.md")
     data = ("# Data funnel\n\n" + funnel_markdown(rows)).encode()
-    if not io.exists(url) or io.read_bytes(url) != data:
-        io.write_bytes(url, data)
+    if not storage.exists(url) or storage.read_bytes(url) != data:
+        storage.write_bytes(url, data)
     return url
 
 
@@ -72,8 +72,8 @@ def rejected_examples(run_dir: str, reason: str, limit: int = 3) -> list[dict]:
     looking at every stage's rejected parts in order."""
     found: list[dict] = []
     for stage in doc_stages(run_dir):
-        for url in io.list_files(io.join(run_dir, "rejected", stage)):
-            table = io.read_parquet(url)
+        for url in storage.list_files(storage.join(run_dir, "rejected", stage)):
+            table = storage.read_parquet(url)
             reasons = table["reason"]
             mask = pc.or_(pc.equal(reasons, reason), pc.starts_with(reasons, reason + "."))
             for row in table.filter(pc.fill_null(mask, False)).slice(0, limit - len(found)).to_pylist():
@@ -87,6 +87,6 @@ def reasons_of(run_dir: str) -> dict[str, int]:
     """Every rejection reason of the run with its count, to suggest when a reason is not found."""
     out: dict[str, int] = {}
     for stage in doc_stages(run_dir):
-        out.update(io.read_json(io.join(run_dir, stage, "_stats.json"))["rejected"])
+        out.update(storage.read_json(storage.join(run_dir, stage, "_stats.json"))["rejected"])
     return out
 

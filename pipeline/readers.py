@@ -24,10 +24,10 @@ from typing import Iterator
 
 import fsspec
 
+from . import storage
 from .config import ReaderConfig
 from .documents import docs_table
-from . import io as iofs
-from .io import fs_path
+from .storage import fs_path
 from .stages import PartWriter
 
 COMPRESSIONS = (".gz", ".zst", ".bz2")
@@ -144,8 +144,8 @@ def gzip_index(url: str, index_dir: str, spacing: int) -> dict | None:
     name = f"{posixpath.basename(url)}.{hashlib.sha1(url.encode()).hexdigest()[:12]}"
     index_url, meta_url = posixpath.join(index_dir, name + ".gzidx"), posixpath.join(index_dir, name + ".json")
     source_bytes = fs.size(path)
-    if iofs.exists(meta_url) and iofs.exists(index_url):
-        meta = iofs.read_json(meta_url)
+    if storage.exists(meta_url) and storage.exists(index_url):
+        meta = storage.read_json(meta_url)
         if meta.get("source_bytes") == source_bytes:
             return {"url": index_url, "size": meta["size"]}
     try:
@@ -154,14 +154,14 @@ def gzip_index(url: str, index_dir: str, spacing: int) -> dict | None:
             try:
                 gz.build_full_index()
                 size = gz.seek(0, 2)
-                iofs.atomic_write(index_url, lambda f: gz.export_index(fileobj=f))
+                storage.atomic_write(index_url, lambda f: gz.export_index(fileobj=f))
             finally:
                 gz.close()
     except (ConnectionError, TimeoutError):
         raise
     except Exception:  # noqa: BLE001 - truncated or corrupt: the shards skip instead, the reader reports it
         return None
-    iofs.write_json(meta_url, {"size": size, "source_bytes": source_bytes})  # last: the index is complete
+    storage.write_json(meta_url, {"size": size, "source_bytes": source_bytes})  # last: the index is complete
     return {"url": index_url, "size": size}
 
 

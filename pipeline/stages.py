@@ -21,9 +21,8 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import io
+from . import storage
 from .documents import doc_schema, rejected_schema, rejected_table
-
 
 MAX_ERRORS = 1000  # input errors (path, offset, error) listed in a stage's _stats.json
 
@@ -33,7 +32,7 @@ def part_name(shard: int) -> str:
 
 
 def part_stats_url(run_dir: str, stage: str, shard: int) -> str:
-    return io.join(run_dir, stage, "_parts", part_name(shard) + ".json")
+    return storage.join(run_dir, stage, "_parts", part_name(shard) + ".json")
 
 
 def finished(marker_url: str, outputs: Callable[[Any], Iterable[str]] = lambda result: ()) -> dict | list | None:
@@ -41,17 +40,17 @@ def finished(marker_url: str, outputs: Callable[[Any], Iterable[str]] = lambda r
 
     `marker_url` is the JSON the unit wrote after all its outputs; a marker whose `outputs(result)`
     have gone missing since does not count."""
-    if not io.exists(marker_url):
+    if not storage.exists(marker_url):
         return None
-    result = io.read_json(marker_url)
-    return result if all(io.exists(u) for u in outputs(result)) else None
+    result = storage.read_json(marker_url)
+    return result if all(storage.exists(u) for u in outputs(result)) else None
 
 
 def finished_part(run_dir: str, stage: str, shard: int) -> dict | None:
     """Stats of a part (write_part) finished by an earlier run whose parquet files are all there, else None."""
     name = part_name(shard) + ".parquet"
-    return finished(part_stats_url(run_dir, stage, shard), lambda stats: [io.join(run_dir, stage, name)] + (
-        [io.join(run_dir, "rejected", stage, name)] if stats["docs_rejected"] else []))
+    return finished(part_stats_url(run_dir, stage, shard), lambda stats: [storage.join(run_dir, stage, name)] + (
+        [storage.join(run_dir, "rejected", stage, name)] if stats["docs_rejected"] else []))
 
 
 class ConfigChanged(ValueError):
@@ -68,12 +67,12 @@ def check_stage_config(run_dir: str, stage: str, settings: dict) -> None:
     """Record the settings a stage runs with in <stage>/_config.json, or, when an earlier run of this
     run id recorded them, refuse to go on if they differ: its finished parts (and later stages built on
     them) would otherwise be silently mixed with parts made under the new settings."""
-    url = io.join(run_dir, stage, "_config.json")
+    url = storage.join(run_dir, stage, "_config.json")
     settings = json_round_trip(settings)
-    if not io.exists(url):
-        io.write_json(url, settings)
+    if not storage.exists(url):
+        storage.write_json(url, settings)
         return
-    before = io.read_json(url)
+    before = storage.read_json(url)
     if before == settings:
         return
     old, new = _flat(before), _flat(settings)
@@ -81,7 +80,7 @@ def check_stage_config(run_dir: str, stage: str, settings: dict) -> None:
              if old.get(k, "<unset>") != new.get(k, "<unset>")]
     raise ConfigChanged(
         f"run {run_dir}: stage {stage!r} was started with other settings ({'; '.join(diffs[:10])}). "
-        f"Use a new run id, or delete {io.join(run_dir, stage)} (and the stages after it) to redo it.")
+        f"Use a new run id, or delete {storage.join(run_dir, stage)} (and the stages after it) to redo it.")
 
 
 def json_round_trip(obj):
@@ -109,8 +108,8 @@ class PartWriter:
         self.run_dir, self.stage, self.shard, self.extra_fields = run_dir, stage, shard, list(extra_fields)
         self.started = time.perf_counter() if started is None else started
         name = part_name(shard) + ".parquet"
-        self.kept = io.ParquetAppender(io.join(run_dir, stage, name), doc_schema(extra_fields))
-        self.rejected = io.ParquetAppender(io.join(run_dir, "rejected", stage, name), rejected_schema(extra_fields))
+        self.kept = storage.ParquetAppender(storage.join(run_dir, stage, name), doc_schema(extra_fields))
+        self.rejected = storage.ParquetAppender(storage.join(run_dir, "rejected", stage, name), rejected_schema(extra_fields))
         self.has_rejected = False
         self.totals: Counter = Counter()
         self.reasons, self.rejected_bytes, self.rejected_chars = Counter(), Counter(), Counter()
@@ -161,7 +160,7 @@ class PartWriter:
             "seconds": round(time.perf_counter() - self.started, 3),
             **(extra or {}),
         }
-        io.write_json(part_stats_url(self.run_dir, self.stage, self.shard), stats)  # last: the part's commit marker
+        storage.write_json(part_stats_url(self.run_dir, self.stage, self.shard), stats)  # last: the part's commit marker
         return stats
 
     def abort(self) -> None:
@@ -228,13 +227,13 @@ def finish_stage(run_dir: str, stage: str, parts: Iterable[dict], **extra) -> di
     }
     if totals["docs_in"] != totals["docs_kept"] + sum(rejected.values()):
         raise RuntimeError(f"stage {stage}: {totals['docs_in']} docs in != kept + rejected ({totals})")
-    io.write_json(io.join(run_dir, stage, "_stats.json"), totals)
-    io.mark_done(io.join(run_dir, stage))
+    storage.write_json(storage.join(run_dir, stage, "_stats.json"), totals)
+    storage.mark_done(storage.join(run_dir, stage))
     return totals
 
 
 def stage_parts(run_dir: str, stage: str) -> list[str]:
-    return io.list_files(io.join(run_dir, stage))
+    return storage.list_files(storage.join(run_dir, stage))
 
 
 def shard_of(part_url: str) -> int:

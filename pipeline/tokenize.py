@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from . import io
+from . import storage
 from .config import TokenizerConfig, TokensConfig
 from .stages import shard_of
 
@@ -35,15 +35,15 @@ def train_tokenizer(part_urls: list[str], out_url: str, cfg: TokenizerConfig) ->
 
     def texts():
         for url in part_urls:
-            yield from io.read_parquet(url, columns=["text"])["text"].to_pylist()
+            yield from storage.read_parquet(url, columns=["text"])["text"].to_pylist()
 
     tokenizer.train_from_iterator(texts(), trainer=trainer)
-    io.write_bytes(out_url, tokenizer.to_str().encode())
-    return {"vocab_size": tokenizer.get_vocab_size(), "sha256": io.sha256_file(out_url)}
+    storage.write_bytes(out_url, tokenizer.to_str().encode())
+    return {"vocab_size": tokenizer.get_vocab_size(), "sha256": storage.sha256_file(out_url)}
 
 
 def load_tokenizer(url: str) -> Tokenizer:
-    fs, path = io.fs_path(url)
+    fs, path = storage.fs_path(url)
     with fs.open(path, "rb") as f:
         return Tokenizer.from_str(f.read().decode())
 
@@ -66,8 +66,8 @@ def write_token_shard(url: str, ids: np.ndarray, seq_len: int) -> dict:
         with ipc.new_file(f, table.schema) as writer:
             writer.write_table(table)
 
-    io.atomic_write(url, write)
-    return {"rows": rows, "tokens": rows * (seq_len + 1), "dropped_tail_tokens": len(ids) - rows * (seq_len + 1), "sha256": io.sha256_file(url)}
+    storage.atomic_write(url, write)
+    return {"rows": rows, "tokens": rows * (seq_len + 1), "dropped_tail_tokens": len(ids) - rows * (seq_len + 1), "sha256": storage.sha256_file(url)}
 
 
 def tokenize_part(part_url: str, tokenizer_url: str, out_dir: str, cfg: TokensConfig) -> list[dict]:
@@ -76,7 +76,7 @@ def tokenize_part(part_url: str, tokenizer_url: str, out_dir: str, cfg: TokensCo
     tokenizer = load_tokenizer(tokenizer_url)
     eos = tokenizer.token_to_id(EOS)
     dtype = token_dtype(tokenizer.get_vocab_size())
-    docs = io.read_parquet(part_url, columns=["id", "text"])
+    docs = storage.read_parquet(part_url, columns=["id", "text"])
     streams: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     doc_counts = {"train": 0, "val": 0}
     encodings = tokenizer.encode_batch(docs["text"].to_pylist(), add_special_tokens=False)
@@ -91,7 +91,7 @@ def tokenize_part(part_url: str, tokenizer_url: str, out_dir: str, cfg: TokensCo
         if len(ids) < cfg.seq_len + 1:
             continue
         name = f"{split}-{n:05d}.arrow"
-        info = write_token_shard(io.join(out_dir, name), ids, cfg.seq_len)
+        info = write_token_shard(storage.join(out_dir, name), ids, cfg.seq_len)
         shards.append({"file": name, "split": split, "docs": doc_counts[split], **info})
     for s in shards:
         s["seconds"] = round(time.perf_counter() - started, 3)
@@ -103,7 +103,7 @@ def write_manifest(out_dir: str, tokenizer_url: str, shards: list[dict], cfg: To
     shards = sorted(shards, key=lambda s: s["file"])
     manifest = {
         "tokenizer": "tokenizer.json",
-        "tokenizer_sha256": io.sha256_file(tokenizer_url),
+        "tokenizer_sha256": storage.sha256_file(tokenizer_url),
         "vocab_size": tokenizer.get_vocab_size(),
         "eos_id": tokenizer.token_to_id(EOS),
         "seq_len": cfg.seq_len,
@@ -123,5 +123,5 @@ def write_manifest(out_dir: str, tokenizer_url: str, shards: list[dict], cfg: To
         if manifest["totals"][split]["rows"] == 0:
             raise ValueError(f"no {split} sequences: too little text for seq_len={cfg.seq_len} "
                              f"(val_fraction={cfg.val_fraction}); lower seq_len or add input")
-    io.write_json(io.join(out_dir, "manifest.json"), manifest)
+    storage.write_json(storage.join(out_dir, "manifest.json"), manifest)
     return manifest

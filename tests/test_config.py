@@ -1,7 +1,6 @@
 import pytest
 from pydantic import ValidationError
-
-from flows.config import load_config
+from tokenmill.flows.config import load_config
 
 
 def test_yaml_then_overrides_then_fields(tmp_path):

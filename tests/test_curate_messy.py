@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from flows.server import start_server, stop_server
-from tests.conftest import CORPUS, REPO, write_jsonl
+from helpers import CORPUS, REPO, write_jsonl
+from tokenmill.flows.server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 WARC_DIR = Path(__file__).parent / "data" / "warc"
@@ -42,10 +41,10 @@ def run(tmp_path_factory):
     api = start_server(home=str(work / "prefect-home"))  # one server for both runs (each would start its own)
     env = {**os.environ, "PREFECT_API_URL": api.url}
     try:
-        proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=work, capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", *args], cwd=work, capture_output=True, text=True,
                               timeout=600, env=env)
         assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-        strict = subprocess.run([sys.executable, "-m", "flows.cli", *args[:3], "s", *args[4:], "--strict"],
+        strict = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", *args[:3], "s", *args[4:], "--strict"],
                                 cwd=work, capture_output=True, text=True, timeout=600, env=env)
     finally:
         stop_server(api)
@@ -109,10 +108,10 @@ def test_funnel_md_and_inspect_show_what_happened(run):
     assert "| read | read.truncated | 1 |" in funnel and "| quality | kept |" in funnel
     assert "data funnel" in out and "lang.not_kept" in out  # printed with rich
     work = run_dir.parent.parent
-    shown = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", "m", "--reason", "lang", "--output-dir",
+    shown = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "inspect", "m", "--reason", "lang", "--output-dir",
                             str(work / "runs"), "--limit", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "an.wikipedia.org/wiki/Escopete" in shown.stdout and "lang.not_kept" in shown.stdout
-    missing = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", str(run_dir), "--reason", "gopher.nope"],
+    missing = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "inspect", str(run_dir), "--reason", "gopher.nope"],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "read.truncated (1)" in missing.stdout

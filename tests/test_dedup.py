@@ -6,11 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from datasketch import MinHash
-
-from pipeline import dedup, io
-from pipeline.config import DedupConfig
-from pipeline.documents import docs_table
-from pipeline.minhash import NO_SPACE_BLOCKS
+from tokenmill.pipeline import dedup, storage
+from tokenmill.pipeline.config import DedupConfig
+from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.minhash import NO_SPACE_BLOCKS
 
 CFG = DedupConfig(partitions=3)
 
@@ -19,7 +18,7 @@ def _write_parts(run, parts: list[list[tuple[str, str]]], stage="quality"):
     urls = []
     for n, docs in enumerate(parts):
         url = f"{run}/{stage}/part-{n:05d}.parquet"
-        io.write_parquet(url, docs_table([{"id": i, "text": t, "source": "s", "url": None, "meta": None} for i, t in docs]))
+        storage.write_parquet(url, docs_table([{"id": i, "text": t, "source": "s", "url": None, "meta": None} for i, t in docs]))
         urls.append(url)
     return urls
 
@@ -35,7 +34,7 @@ def _near_copy(text: str, seed: int, edits: int = 2) -> str:
 
 def _run(run: str, urls: list[str], cfg: DedupConfig = CFG) -> tuple[dict, list[dict]]:
     summary = dedup.run_local(urls, run, cfg)
-    rejected = [r for f in io.list_files(f"{run}/rejected/dedup") for r in io.read_parquet(f, columns=["id", "reason", "duplicate_of"]).to_pylist()]
+    rejected = [r for f in storage.list_files(f"{run}/rejected/dedup") for r in storage.read_parquet(f, columns=["id", "reason", "duplicate_of"]).to_pylist()]
     return summary, sorted(rejected, key=lambda r: r["id"])
 
 
@@ -222,7 +221,7 @@ def test_near_duplicate_across_parts_keeps_the_lowest_id(tmp_path, real_docs):
     summary, rejected = _run(str(tmp_path), urls)
     assert rejected == [{"id": "doc-b", "reason": "dedup.near", "duplicate_of": "doc-a"}]
     assert summary["cluster_sizes"] == {"2": 1} and summary["near_duplicates"] == 1
-    kept = io.read_parquet(f"{tmp_path}/dedup/part-00000.parquet")["id"].to_pylist()
+    kept = storage.read_parquet(f"{tmp_path}/dedup/part-00000.parquet")["id"].to_pylist()
     assert kept == ["doc-x"]
 
 
@@ -273,10 +272,10 @@ def test_duplicate_ids_are_a_clear_error(tmp_path, real_docs):
     stage before any work, naming the id and both records' files."""
     urls = _write_parts(str(tmp_path), [[("a", real_docs[0]["text"]), ("same", real_docs[1]["text"])],
                                         [("b", real_docs[2]["text"])], [("same", real_docs[3]["text"])]])
-    io.write_parquet(urls[2], docs_table([{"id": "same", "text": real_docs[3]["text"], "source": "other.jsonl", "url": None, "meta": None}]))
+    storage.write_parquet(urls[2], docs_table([{"id": "same", "text": real_docs[3]["text"], "source": "other.jsonl", "url": None, "meta": None}]))
     with pytest.raises(ValueError, match=r"not unique.*id 'same' in s \(part 0\), other.jsonl \(part 2\).*id_key"):
         _run(str(tmp_path), urls)
-    assert not io.list_files(f"{tmp_path}/dedup/_work/bands")  # nothing was hashed
+    assert not storage.list_files(f"{tmp_path}/dedup/_work/bands")  # nothing was hashed
 
 
 def test_union_find_result_does_not_depend_on_pair_order(tmp_path):
@@ -286,9 +285,9 @@ def test_union_find_result_does_not_depend_on_pair_order(tmp_path):
         shuffled = [tuple(random.Random(seed + i).sample(p, 2)) for i, p in enumerate(pairs)]
         random.Random(seed).shuffle(shuffled)
         url = f"{tmp_path}/pairs-{seed}.parquet"
-        io.write_parquet(url, pa.table({"a": [p[0] for p in shuffled], "b": [p[1] for p in shuffled],
+        storage.write_parquet(url, pa.table({"a": [p[0] for p in shuffled], "b": [p[1] for p in shuffled],
                                         "part_a": pa.array([0] * 5, pa.int32()), "part_b": pa.array([0] * 5, pa.int32())}))
         dedup.clusters([url], [], f"{tmp_path}/dups-{seed}")
-        results.append(io.read_parquet(f"{tmp_path}/dups-{seed}/part-00000.parquet").to_pylist())
+        results.append(storage.read_parquet(f"{tmp_path}/dups-{seed}/part-00000.parquet").to_pylist())
     assert all(r == results[0] for r in results)
     assert {r["id"]: r["duplicate_of"] for r in results[0]} == {"b": "a", "c": "a", "d": "a", "e": "a", "y": "x"}

@@ -10,10 +10,8 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-
-from flows.server import start_server, stop_server
-
 from conftest import CORPUS, write_jsonl
+from tokenmill.flows.server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +64,7 @@ def runs(tmp_path_factory):
             args = [*inputs, "--out", str(out), "--threshold", "0.8", "--num-perm", "128", "--ngram", "5", "--exact",
                     "--id-key", "doc_id", "--set", f"curate.dedup.partitions={partitions}",
                     "--set", "ray.num_cpus=2", "--set", "ray.dashboard=false"]
-            proc = subprocess.run([sys.executable, "-m", "flows.cli", "dedup", *args], env=env, cwd=tmp,
+            proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "dedup", *args], env=env, cwd=tmp,
                                   capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
             outs[partitions] = (out, proc.stdout)

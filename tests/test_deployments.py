@@ -12,10 +12,8 @@ import subprocess
 import sys
 
 import pytest
-
-from flows.server import start_server, stop_server
-
 from conftest import write_jsonl
+from tokenmill.flows.server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +34,7 @@ def prefect_server(tmp_path):
 
 
 def _tokenmill(env, *args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_deploy_then_trigger_end_to_end_and_dedup_from_a_worker(prefect_server, tmp_path, real_docs):
@@ -81,7 +79,12 @@ def test_deploy_then_trigger_end_to_end_and_dedup_from_a_worker(prefect_server, 
 
     async def read_back():
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, DeploymentFilter, DeploymentFilterName
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterKey,
+            DeploymentFilter,
+            DeploymentFilterName,
+        )
 
         async with get_client() as client:
             [deployment] = await client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["bundled"])))

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
-
-from tests.conftest import curated_files
+from helpers import curated_files
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +36,7 @@ STAGES = ("read", "quality", "dedup")
 
 
 def _tokenmill(*args, cwd):
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
 
@@ -166,7 +165,7 @@ def test_curate_killed_midway_then_rerun_gives_identical_output(run, tmp_path):
 
     reference, _, _, _ = run
     (tmp_path / "tiny.yaml").write_text(TINY)
-    args = [sys.executable, "-m", "flows.cli", "curate", "--config", "tiny.yaml", "--run-id", "t", "--output-dir", str(tmp_path / "runs")]
+    args = [sys.executable, "-m", "tokenmill.flows.cli", "curate", "--config", "tiny.yaml", "--run-id", "t", "--output-dir", str(tmp_path / "runs")]
     run_dir = tmp_path / "runs" / "t"
     quality_parts = run_dir / "quality" / "_parts"
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

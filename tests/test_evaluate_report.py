@@ -8,17 +8,15 @@ import math
 import os
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from tokenmill.flows.cli import app
+from tokenmill.flows.config import RunConfig
+from tokenmill.flows.report import compare_rows, write_reports
+from tokenmill.training.config import EvalConfig
 from typer.testing import CliRunner
-
-from flows.cli import app
-from flows.config import RunConfig
-from flows.report import compare_rows, write_reports
-from training.config import EvalConfig
 
 pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra; pip install -e '.[dev]'")
 
@@ -28,8 +26,8 @@ XSS = "<script>alert('x')</script><img src=x onerror=alert(1)> The city"
 @pytest.fixture(scope="module")
 def evaluated(trained_run, tmp_path_factory):
     """A copy of the ZeRO-2 tiny run (checkpoints at steps 8 and 12), evaluated at step 8 and at the end."""
-    from flows.evaluate import evaluate
-    from flows.server import prefect_api
+    from tokenmill.flows.evaluate import evaluate
+    from tokenmill.flows.server import prefect_api
 
     src = trained_run(2)
     run_dir = tmp_path_factory.mktemp("evaluated") / "r"

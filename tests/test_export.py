@@ -2,11 +2,10 @@
 transformers loads and that computes the same logits as our model."""
 import pytest
 import torch
+from tokenmill.flows.cli import app
+from tokenmill.training.checkpoint import load_model
+from tokenmill.training.export import consolidate
 from typer.testing import CliRunner
-
-from flows.cli import app
-from training.checkpoint import load_model
-from training.export import consolidate
 
 transformers = pytest.importorskip("transformers")
 

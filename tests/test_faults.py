@@ -9,12 +9,11 @@ import threading
 import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
-
-from flows.config import load_config
-from pipeline import io
-from pipeline.config import ReaderConfig
-from pipeline.readers import read_file
-from tests.conftest import CORPUS
+from helpers import CORPUS
+from tokenmill.flows.config import load_config
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.config import ReaderConfig
+from tokenmill.pipeline.readers import read_file
 
 
 class FlakyFileSystem(LocalFileSystem):
@@ -40,8 +39,8 @@ class FlakyFileSystem(LocalFileSystem):
 
 @pytest.mark.slow
 def test_flaky_storage_read_is_retried_and_nothing_is_lost(tmp_path):
-    from flows.curate import curate
-    from flows.server import prefect_api
+    from tokenmill.flows.curate import curate
+    from tokenmill.flows.server import prefect_api
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
     inputs = [f"flaky://{CORPUS / name}" for name in ("datajuicer_redpajama_c4_10docs.jsonl", "dolma_ccnet_cc_en_head_0091_10docs.jsonl.gz")]
@@ -52,7 +51,7 @@ def test_flaky_storage_read_is_retried_and_nothing_is_lost(tmp_path):
     assert stats["read"]["docs_in"] == 20 and stats["read"]["docs_rejected"] == 0
     assert {os.path.basename(p): n for p, n in FlakyFileSystem.failures.items()} == {
         "datajuicer_redpajama_c4_10docs.jsonl": 2, "dolma_ccnet_cc_en_head_0091_10docs.jsonl.gz": 2}
-    assert io.stage_done(str(tmp_path / "flaky" / "tokens"))
+    assert storage.stage_done(str(tmp_path / "flaky" / "tokens"))
 
 
 @pytest.fixture
@@ -79,14 +78,12 @@ def test_ray_worker_killed_mid_task_is_retried_with_identical_output(tmp_path):
     its data is byte-identical to an undisturbed run."""
     import gzip
     import json
-    import signal
     import sys
     import time
 
     import psutil
-
-    from flows.server import start_server, stop_server
-    from tests.conftest import curated_files
+    from helpers import curated_files
+    from tokenmill.flows.server import start_server, stop_server
 
     # One big part (the crawl sample 3 times, ids made unique) so a quality task runs for seconds.
     src = [json.loads(line) for line in gzip.open(CORPUS / "dolma_cc_main_2019_30_697docs.jsonl.gz", "rt")]
@@ -100,7 +97,7 @@ def test_ray_worker_killed_mid_task_is_retried_with_identical_output(tmp_path):
 
     def curate(run_id):
         return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "curate", str(tmp_path / "in"), "--run-id", run_id, "--output-dir",
+            [sys.executable, "-m", "tokenmill.flows.cli", "curate", str(tmp_path / "in"), "--run-id", run_id, "--output-dir",
              str(tmp_path / "runs"), "--set", "curate.tokenizer.vocab_size=400", "--set", "curate.tokens.seq_len=32",
              "--set", "ray.num_cpus=2", "--set", "ray.dashboard=false"],
             env=env, stdout=open(tmp_path / f"{run_id}.log", "wb"), stderr=subprocess.STDOUT)
@@ -139,7 +136,7 @@ def test_sigterm_stops_the_run_its_training_job_and_its_prefect_server(train_tok
     (run / "tokens").symlink_to(train_tokens)
     (tmp_path / "slow.yaml").write_text("train: {model: {n_layer: 2, n_head: 4, d_model: 64}, nproc: 1, micro_batch: 4, "
                                         "max_steps: 10000, threads_per_proc: 1, log_every: 1}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", "--run-id", "t", "--output-dir", str(tmp_path / "runs"),
+    proc = subprocess.Popen([sys.executable, "-m", "tokenmill.flows.cli", "train", "--run-id", "t", "--output-dir", str(tmp_path / "runs"),
                              "--config", str(tmp_path / "slow.yaml")], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={**os.environ, "TOKENMILL_STEP_DELAY_S": "0.5"}, start_new_session=True)
     lines: list[str] = []

@@ -1,18 +1,32 @@
 import pytest
-
-from pipeline import io
-from pipeline.config import (C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig, LanguageConfig,
-                             NormalizeConfig, PIIConfig, QualityConfig, URLFilterConfig)
-from pipeline.documents import docs_table
-from pipeline.filters import apply_chain, build_chain, filter_part
-from pipeline.filters.base import Doc, count_sentences, split_words
-from pipeline.filters.c4 import C4
-from pipeline.filters.fineweb import FineWeb
-from pipeline.filters.formatters import Normalize
-from pipeline.filters.gopher import GopherQuality, GopherRepetition, NGrams, duplicate_ngram_chars, top_ngram_chars
-from pipeline.filters.language import Language
-from pipeline.filters.pii import PII
-from pipeline.filters.url import URLFilter
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.config import (
+    C4Config,
+    FineWebConfig,
+    GopherQualityConfig,
+    GopherRepetitionConfig,
+    LanguageConfig,
+    NormalizeConfig,
+    PIIConfig,
+    QualityConfig,
+    URLFilterConfig,
+)
+from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.filters import apply_chain, build_chain, filter_part
+from tokenmill.pipeline.filters.base import Doc, count_sentences, split_words
+from tokenmill.pipeline.filters.c4 import C4
+from tokenmill.pipeline.filters.fineweb import FineWeb
+from tokenmill.pipeline.filters.formatters import Normalize
+from tokenmill.pipeline.filters.gopher import (
+    GopherQuality,
+    GopherRepetition,
+    NGrams,
+    duplicate_ngram_chars,
+    top_ngram_chars,
+)
+from tokenmill.pipeline.filters.language import Language
+from tokenmill.pipeline.filters.pii import PII
+from tokenmill.pipeline.filters.url import URLFilter
 
 quality = GopherQuality(GopherQualityConfig())
 repetition = GopherRepetition(GopherRepetitionConfig())
@@ -231,15 +245,15 @@ def test_filter_part_counts_reconcile_and_labels_language(tmp_path, real_docs):
     rows = [{"id": str(i), "text": d["text"], "source": "s"} for i, d in enumerate(real_docs)]
     rows += [{"id": "short", "text": "too short", "source": "s"}, {"id": "de", "text": GERMAN * 3, "source": "s"},
              {"id": "mail", "text": PROSE + "\nContact us at press@example.com for details on the plan.", "source": "s"}]
-    io.write_parquet(part, docs_table(rows))
+    storage.write_parquet(part, docs_table(rows))
     stats = filter_part(part, str(tmp_path), QualityConfig())
     assert stats["docs_in"] == len(rows)
     assert stats["docs_kept"] + sum(stats["rejected"].values()) == stats["docs_in"]
     assert stats["rejected"]["lang.not_kept"] == 1 and stats["counters"]["pii.email"] == 1
     assert stats["chars_in"] >= stats["chars_kept"] + sum(stats["rejected_chars"].values())
-    kept = io.read_parquet(str(tmp_path / "quality" / "part-00000.parquet")).to_pylist()
+    kept = storage.read_parquet(str(tmp_path / "quality" / "part-00000.parquet")).to_pylist()
     assert {d["lang"] for d in kept} == {"en"} and all(d["lang_score"] > 0.65 for d in kept)
     assert "<EMAIL>" in next(d["text"] for d in kept if d["id"] == "mail")
-    rejected = io.read_parquet(str(tmp_path / "rejected" / "quality" / "part-00000.parquet")).to_pylist()
+    rejected = storage.read_parquet(str(tmp_path / "rejected" / "quality" / "part-00000.parquet")).to_pylist()
     assert {"short", "de"} <= {d["id"] for d in rejected}
     assert next(d for d in rejected if d["id"] == "de")["lang"] == "de"

@@ -15,13 +15,17 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from pipeline import io
-from pipeline.config import QualityModelConfig
-from pipeline.documents import docs_table
-from pipeline.stages import finish_stage
-from tests.conftest import REPO, write_jsonl
-from training.finetune import TASKS, classification_metrics, load_labeled, stratified_split
+from helpers import REPO, write_jsonl
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.config import QualityModelConfig
+from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.stages import finish_stage
+from tokenmill.training.finetune import (
+    TASKS,
+    classification_metrics,
+    load_labeled,
+    stratified_split,
+)
 
 DCLM = TASKS["dclm-quality"]
 WIKI = REPO / "training" / "data" / "heldout" / "wikitext2_valid_head.txt"
@@ -77,7 +81,7 @@ def test_finetune_cli_then_the_quality_model_stage(trained_run, tmp_path):
     records = toy_task(tmp_path / "toy.jsonl")
     sets = ["finetune.data_file=" + str(tmp_path / "toy.jsonl"), "finetune.labels=[wiki, web]", "finetune.epochs=4",
             "finetune.micro_batch=4", "finetune.lr=1e-3", "finetune.nproc=2", "finetune.threads_per_proc=1"]
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "finetune", str(run_dir), "--task", "toy",
+    proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "finetune", str(run_dir), "--task", "toy",
                            *(a for s in sets for a in ("--set", s))], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
@@ -104,8 +108,8 @@ def test_finetune_cli_then_the_quality_model_stage(trained_run, tmp_path):
 
     # The saved classifier as curate's quality filter: score "web", threshold at the median score,
     # so both outcomes occur; every document is kept or rejected with the reason, and the books balance.
-    from training.classifier import Classifier
-    from training.quality_model import LOW_SCORE, STAGE, score_part
+    from tokenmill.training.classifier import Classifier
+    from tokenmill.training.quality_model import LOW_SCORE, STAGE, score_part
 
     texts = [r["text"] for r in records]
     scores = Classifier(task_dir).proba(texts)[:, 1]
@@ -113,8 +117,8 @@ def test_finetune_cli_then_the_quality_model_stage(trained_run, tmp_path):
     curate_dir = str(tmp_path / "curate")
     parts = []
     for shard, chunk in enumerate((records[:50], records[50:])):
-        url = io.join(curate_dir, "dedup", f"part-{shard:05d}.parquet")
-        io.write_parquet(url, docs_table([{"id": f"d{shard}-{i}", "text": r["text"], "source": "toy"} for i, r in enumerate(chunk)]))
+        url = storage.join(curate_dir, "dedup", f"part-{shard:05d}.parquet")
+        storage.write_parquet(url, docs_table([{"id": f"d{shard}-{i}", "text": r["text"], "source": "toy"} for i, r in enumerate(chunk)]))
         parts.append(score_part(url, curate_dir, cfg))
     stats = finish_stage(curate_dir, STAGE, parts)  # raises unless docs in = kept + rejected
     kept = pq.read_table(tmp_path / "curate" / STAGE)

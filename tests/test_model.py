@@ -2,9 +2,8 @@ import math
 
 import pytest
 import torch
-
-from training.checkpoint import load_model, save_weights
-from training.model import PRESETS, ModelConfig, Transformer
+from tokenmill.training.checkpoint import load_model, save_weights
+from tokenmill.training.model import PRESETS, ModelConfig, Transformer
 
 
 def small(**kw):

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from flows.server import free_port
+from tokenmill.flows.server import free_port
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -82,7 +81,7 @@ def two_node_cluster(tmp_path):
 def test_curate_runs_tasks_on_both_nodes(two_node_cluster, tmp_path):
     address, dashboard = two_node_cluster
     out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "curate", "--ray-address", address, "--run-id", "mn",
+        [sys.executable, "-m", "tokenmill.flows.cli", "curate", "--ray-address", address, "--run-id", "mn",
          "--output-dir", str(tmp_path / "runs"), "--set", "curate.tokenizer.vocab_size=512",
          "--set", "curate.tokens.seq_len=32"],
         capture_output=True, text=True, timeout=600, env=ENV)

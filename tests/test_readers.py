@@ -6,11 +6,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-
-from pipeline import io
-from pipeline.config import ReaderConfig
-from pipeline.readers import expand_inputs, plan_shards, read_file, read_jsonl, read_records
-from tests.conftest import write_jsonl
+from helpers import write_jsonl
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.config import ReaderConfig
+from tokenmill.pipeline.readers import (
+    expand_inputs,
+    plan_shards,
+    read_file,
+    read_jsonl,
+    read_records,
+)
 
 WARC_DIR = Path(__file__).parent / "data" / "warc"
 CFG = ReaderConfig()
@@ -155,7 +160,7 @@ def test_read_file_writes_kept_and_rejected_parts_and_reports_file_errors(tmp_pa
     rejected = pq.read_table(f"{run}/rejected/read/part-00003.parquet")
     assert kept["text"].to_pylist() == ["one", "two"]
     assert rejected["reason"].to_pylist() == ["read.invalid_json"] and rejected["id"].to_pylist() == ["in.jsonl@16"]
-    assert io.read_json(f"{run}/read/_parts/part-00003.json")["docs_kept"] == 2
+    assert storage.read_json(f"{run}/read/_parts/part-00003.json")["docs_kept"] == 2
 
     broken = tmp_path / "broken.jsonl.gz"
     broken.write_bytes(gzip.compress(b'{"text": "kept before the cut"}\n' * 50)[:-20])

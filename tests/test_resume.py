@@ -3,12 +3,11 @@ outputs, and a run id cannot be resumed under other settings."""
 from __future__ import annotations
 
 import pytest
-
-from pipeline import io
-from pipeline.config import ReaderConfig
-from pipeline.readers import read_file
-from pipeline.stages import ConfigChanged, check_stage_config, finished_part
-from tests.conftest import write_jsonl
+from helpers import write_jsonl
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.config import ReaderConfig
+from tokenmill.pipeline.readers import read_file
+from tokenmill.pipeline.stages import ConfigChanged, check_stage_config, finished_part
 
 
 def test_a_part_is_done_only_with_its_stats_file_and_outputs(tmp_path):
@@ -26,7 +25,7 @@ def test_other_settings_for_a_started_stage_are_refused_naming_the_difference(tm
     settings = {"quality": {"gopher": {"min_words": 50, "stop_words": ["the", "be"]}}, "source": "read"}
     check_stage_config(run, "quality", settings)
     check_stage_config(run, "quality", settings)  # the same settings: resume
-    assert io.read_json(f"{run}/quality/_config.json") == settings
+    assert storage.read_json(f"{run}/quality/_config.json") == settings
     changed = {"quality": {"gopher": {"min_words": 10, "stop_words": ["the", "be"]}}, "source": "read"}
     with pytest.raises(ConfigChanged, match=r"stage 'quality' was started with other settings "
                                             r"\(quality\.gopher\.min_words: 50 -> 10\)\. Use a new run id"):

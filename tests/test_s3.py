@@ -12,9 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from flows.server import free_port
-from tests.conftest import CORPUS
+from helpers import CORPUS
+from tokenmill.flows.server import free_port
 
 pytestmark = pytest.mark.slow
 s3fs = pytest.importorskip("s3fs")
@@ -51,7 +50,7 @@ def test_curate_reads_and_writes_s3(s3_server, monkeypatch):
         fs.put(str(CORPUS / name), f"tokenmill-test/raw/{name}")
 
     out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "curate", "s3://tokenmill-test/raw/*.jsonl*", "--output-dir", "s3://tokenmill-test/runs",
+        [sys.executable, "-m", "tokenmill.flows.cli", "curate", "s3://tokenmill-test/raw/*.jsonl*", "--output-dir", "s3://tokenmill-test/runs",
          "--run-id", "s3run", "--set", "curate.tokenizer.vocab_size=400", "--set", "curate.tokens.seq_len=32",
          "--set", "curate.tokens.val_fraction=0.2", "--set", "ray.num_cpus=1", "--set", "ray.dashboard=false"],
         capture_output=True, text=True, timeout=600, env={**os.environ, **s3_server})

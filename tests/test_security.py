@@ -7,8 +7,7 @@ import sys
 
 import psutil
 import pytest
-
-from flows.server import start_server, stop_server
+from tokenmill.flows.server import start_server, stop_server
 
 
 def _listening(pids: set[int]) -> set[tuple[str, int]]:
@@ -38,12 +37,12 @@ def test_local_ray_binds_loopback_only():
     """Every server of the local Ray tokenmill starts (GCS, raylet, workers, dashboard and its agents)."""
     code = """
 import json, psutil
-from flows.cli import keep_local_ray_on_loopback
-from flows.config import RunConfig
+from tokenmill.flows.cli import keep_local_ray_on_loopback
+from tokenmill.flows.config import RunConfig
 keep_local_ray_on_loopback(RunConfig())
 import ray
-from flows.config import RayConfig
-from flows.runtime import ray_task_runner
+from tokenmill.flows.config import RayConfig
+from tokenmill.flows.runtime import ray_task_runner
 context = ray.init(**ray_task_runner(RayConfig(num_cpus=1)).init_kwargs)
 ray.get(ray.remote(lambda: 1).remote())
 me = psutil.Process()

@@ -4,19 +4,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
-
-from pipeline import io
-from pipeline.config import TokenizerConfig, TokensConfig
-from pipeline.documents import docs_table
-from pipeline.tokenize import EOS, load_tokenizer, tokenize_part, train_tokenizer, write_manifest
-from training.data import ManifestError, RankBatches, load_manifest, load_split
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.config import TokenizerConfig, TokensConfig
+from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.tokenize import (
+    EOS,
+    load_tokenizer,
+    tokenize_part,
+    train_tokenizer,
+    write_manifest,
+)
+from tokenmill.training.data import (
+    ManifestError,
+    RankBatches,
+    load_manifest,
+    load_split,
+)
 
 
 @pytest.fixture
 def tokens(tmp_path, real_docs):
     part = str(tmp_path / "minhash" / "part-00000.parquet")
     docs = [{"id": f"doc{i}", "text": d["text"], "source": "s", "url": None, "meta": None} for i, d in enumerate(real_docs)]
-    io.write_parquet(part, docs_table(docs))
+    storage.write_parquet(part, docs_table(docs))
     out = str(tmp_path / "tokens")
     info = train_tokenizer([part], f"{out}/tokenizer.json", TokenizerConfig(vocab_size=500))
     cfg = TokensConfig(seq_len=32, val_fraction=0.3)
@@ -43,7 +53,7 @@ def test_shards_are_readable_and_match_the_manifest(tokens):
         table = ipc.open_file(pa.memory_map(path)).read_all()
         assert table.num_rows == shard["rows"]
         assert table.num_rows * 33 == shard["tokens"]
-        assert io.sha256_file(path) == shard["sha256"]
+        assert storage.sha256_file(path) == shard["sha256"]
     assert sum(s["docs"] for s in manifest["shards"]) == len(docs)
     train = load_split(out, "train")
     assert train.shape == (manifest["totals"]["train"]["rows"], 33) and train.dtype == np.uint16
@@ -78,7 +88,7 @@ def test_rank_batches_do_not_overlap_and_resume_exactly():
 
 
 def test_token_byte_lengths_add_up_to_the_utf8_size_of_the_text(tokens, real_docs):
-    from training.evaluate import text_rows, token_byte_lengths
+    from tokenmill.training.evaluate import text_rows, token_byte_lengths
 
     out, manifest, _, _ = tokens
     tok = load_tokenizer(f"{out}/tokenizer.json")

@@ -2,10 +2,9 @@ import json
 import shutil
 
 import pytest
-
-from training.config import TrainConfig
-from training.launch import JobFailed, command, run_job
-from training.train import ds_config
+from tokenmill.training.config import TrainConfig
+from tokenmill.training.launch import JobFailed, command, run_job
+from tokenmill.training.train import ds_config
 
 
 def test_ds_config_is_generated_from_the_train_config():

@@ -7,9 +7,8 @@ import subprocess
 import time
 
 import pytest
-
-from training.config import TrainConfig
-from training.launch import command, environment, run_job, write_job
+from tokenmill.training.config import TrainConfig
+from tokenmill.training.launch import command, environment, run_job, write_job
 
 
 def metrics(train_dir) -> list[dict]:

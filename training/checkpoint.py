@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
-from pipeline import io
+from tokenmill.pipeline import storage
 
 from .model import ModelConfig, Transformer
 
@@ -74,7 +73,7 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, batches, ds_config: dict,
     if rank == 0:
         (ckpt_dir / tag / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
         (ckpt_dir / tag / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
-        io.write_bytes(str(ckpt_dir / "latest"), tag.encode())  # atomic: temp file, then rename
+        storage.write_bytes(str(ckpt_dir / "latest"), tag.encode())  # atomic: temp file, then rename
         for old in sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())[:-keep]:
             shutil.rmtree(old)
     torch.distributed.barrier()

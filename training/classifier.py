@@ -18,9 +18,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
-
-from pipeline import io
-from pipeline.tokenize import EOS
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.tokenize import EOS
 
 from .model import ModelConfig, Transformer
 
@@ -81,7 +80,7 @@ def save_classifier(state: dict[str, torch.Tensor], out_dir: str | Path, meta: d
     out_dir = Path(out_dir)
     tensors = {k: v.detach().float().cpu().clone().contiguous() for k, v in state.items()}
     save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
-    io.write_json(str(out_dir / CONFIG), meta)
+    storage.write_json(str(out_dir / CONFIG), meta)
 
 
 class Classifier:

@@ -8,8 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 from tokenizers import Tokenizer
-
-from pipeline.io import sha256_file
+from tokenmill.pipeline.storage import sha256_file
 
 
 class ManifestError(ValueError):

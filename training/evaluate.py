@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-
-from pipeline.tokenize import EOS, load_tokenizer
+from tokenmill.pipeline.tokenize import EOS, load_tokenizer
 
 from .checkpoint import checkpoint_tag, load_model, model_from_state
 from .config import EvalConfig

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-
-from pipeline.tokenize import EOS
+from tokenmill.pipeline.tokenize import EOS
 
 from .checkpoint import TIED, checkpoint_tag, latest_tag
 from .model import ModelConfig
@@ -51,7 +50,9 @@ def consolidate(ckpt_dir: str | Path, tag: str | None = None) -> tuple[dict[str,
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     with _weights_only_loads():
         if list((ckpt_dir / tag).glob("*zero_pp_rank_*_optim_states.pt")):  # ZeRO 1-3, or bf16 master weights
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            from deepspeed.utils.zero_to_fp32 import (
+                get_fp32_state_dict_from_zero_checkpoint,
+            )
 
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
         else:  # ZeRO-0 fp32: the module's own weights are the master weights

@@ -2,7 +2,7 @@
 
 `run_finetune` (called by the finetune flow) reads a labeled JSONL task, splits it (stratified, by
 seed), tokenizes it with the run's tokenizer and launches the DeepSpeed job
-`python -m training.finetune --job JOB.json` the way pre-training is launched (torchrun, N processes,
+`python -m tokenmill.training.finetune --job JOB.json` the way pre-training is launched (torchrun, N processes,
 gloo on CPU, NCCL on GPU). The job fine-tunes two models on the same batches: the pretrained body and
 the same architecture from random init; it saves the pretrained one's classifier and both models'
 held-out predictions. The driver adds a majority-class baseline and writes metrics.json:
@@ -26,11 +26,16 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from pipeline import io
+from tokenmill.pipeline import storage
 
 from .checkpoint import load_model
-from .classifier import TOKENIZER, SequenceClassifier, encode, predict_proba, save_classifier
+from .classifier import (
+    TOKENIZER,
+    SequenceClassifier,
+    encode,
+    predict_proba,
+    save_classifier,
+)
 from .config import FinetuneConfig
 from .data import RankBatches, load_manifest
 from .launch import run_module
@@ -177,7 +182,7 @@ def main(job_path: str) -> None:
         data = {k: npz[k] for k in npz.files}
     results = {variant: train_variant(variant, job, cfg, data, rank, world) for variant in VARIANTS}
     if rank == 0:
-        io.write_json(str(Path(job["out_dir"]) / "summary.json"), {"world_size": world, "zero_stage": cfg.zero_stage, **results})
+        storage.write_json(str(Path(job["out_dir"]) / "summary.json"), {"world_size": world, "zero_stage": cfg.zero_stage, **results})
         print("done: " + json.dumps({v: {k: r[k] for k in ("steps", "final_loss", "seconds")} for v, r in results.items()}), flush=True)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -204,13 +209,13 @@ def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], Non
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_file = tokens_dir / load_manifest(tokens_dir)["tokenizer"]
     shutil.copyfile(tokenizer_file, out / TOKENIZER)  # the classifier directory scores text on its own
-    from pipeline.tokenize import load_tokenizer
+    from tokenmill.pipeline.tokenize import load_tokenizer
 
     ids, lengths = encode(load_tokenizer(str(tokenizer_file)), texts, max_len)
     np.savez(out / "data.npz", train_ids=ids[train_idx], train_lengths=lengths[train_idx], train_labels=y[train_idx],
              heldout_ids=ids[heldout_idx], heldout_lengths=lengths[heldout_idx], heldout_labels=y[heldout_idx])
     meta = {"task": cfg.task, "labels": task.labels, "max_len": max_len, "pooling": "mean", "tokenizer": TOKENIZER,
-            "tokenizer_sha256": io.sha256_file(str(tokenizer_file)), "pretrained_from": str(train_dir),
+            "tokenizer_sha256": storage.sha256_file(str(tokenizer_file)), "pretrained_from": str(train_dir),
             "data_file": str(task.file)}
     job = out / "job.json"
     job.write_text(json.dumps({"finetune": cfg.model_dump(), "labels": task.labels, "pretrained_dir": str(train_dir),
@@ -218,7 +223,7 @@ def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], Non
                                "meta": meta}, indent=2))
     on_line(f"fine-tune {cfg.task}: {len(train_idx)} train / {len(heldout_idx)} held-out documents, labels {task.labels}, "
             f"max_len {max_len}, {cfg.epochs} epochs")
-    summary = run_module("training.finetune", cfg.train_config(max_steps=1), job, str(out), "finetune.log", on_line)
+    summary = run_module("tokenmill.training.finetune", cfg.train_config(max_steps=1), job, str(out), "finetune.log", on_line)
 
     y_heldout = y[heldout_idx]
     majority = int(np.bincount(y[train_idx], minlength=len(task.labels)).argmax())
@@ -226,9 +231,9 @@ def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], Non
                    "majority": np.full(len(heldout_idx), majority)}
     metrics = {"task": cfg.task, "labels": task.labels, "train_docs": int(len(train_idx)), "heldout_docs": int(len(heldout_idx)),
                "models": {name: classification_metrics(y_heldout, pred, task.labels) for name, pred in predictions.items()}}
-    io.write_json(str(out / "metrics.json"), metrics)
+    storage.write_json(str(out / "metrics.json"), metrics)
     training = {v: {k: summary[v][k] for k in ("steps", "final_loss", "seconds")} for v in VARIANTS}
-    io.write_json(str(out / "_stats.json"), {"task": cfg.task, "world_size": summary["world_size"], "training": training,
+    storage.write_json(str(out / "_stats.json"), {"task": cfg.task, "world_size": summary["world_size"], "training": training,
                                              **{name: {k: m[k] for k in ("accuracy", "macro_f1")} for name, m in metrics["models"].items()}})
     (out / "data.npz").unlink()
     for line in metrics_table(metrics):

@@ -22,7 +22,7 @@ def write_job(cfg: TrainConfig, tokens_dir: str, out_dir: str) -> Path:
     return path
 
 
-def command(cfg: TrainConfig, job_path: Path, module: str = "training.train") -> list[str]:
+def command(cfg: TrainConfig, job_path: Path, module: str = "tokenmill.training.train") -> list[str]:
     """argv (never a shell string) that starts every rank of the job (`python -m MODULE --job JOB.json`)."""
     if cfg.hostfile:
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", cfg.hostfile,
@@ -37,9 +37,6 @@ def environment(cfg: TrainConfig) -> dict[str, str]:
         env["DS_ACCELERATOR"] = "cpu"
         threads = cfg.threads_per_proc or max(1, (os.cpu_count() or 1) // cfg.nproc)
         env["OMP_NUM_THREADS"] = str(threads)
-    # The job's code is this checkout's; make it importable however tokenmill was installed.
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
 
@@ -51,7 +48,7 @@ def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[
     """Run the training job to the end, appending its output to out_dir/train.log and passing each
     line to `on_line`; return its summary, or raise JobFailed with the last lines of its output."""
     job = write_job(cfg, tokens_dir, out_dir)
-    return run_module("training.train", cfg, job, out_dir, "train.log", on_line)
+    return run_module("tokenmill.training.train", cfg, job, out_dir, "train.log", on_line)
 
 
 def run_module(module: str, cfg: TrainConfig, job: Path, out_dir: str, log_name: str,

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-
-from pipeline.io import write_bytes
+from tokenmill.pipeline.storage import write_bytes
 
 # Dense bf16 tensor-core peak (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {

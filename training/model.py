@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from pydantic import BaseModel, ConfigDict, model_validator
+from torch.utils.checkpoint import checkpoint
 
 
 class ModelConfig(BaseModel):

@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-
-from pipeline import io
-from pipeline.config import QualityModelConfig
-from pipeline.stages import shard_of, write_part
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.config import QualityModelConfig
+from tokenmill.pipeline.stages import shard_of, write_part
 
 from .classifier import CONFIG, Classifier
 
@@ -45,7 +44,7 @@ def score_part(part_url: str, run_dir: str, cfg: QualityModelConfig) -> dict:
     """The quality_model stage for one part: kept and rejected rows both carry `quality_score`."""
     started = time.perf_counter()
     label, _ = score_label(cfg)
-    table = io.read_parquet(part_url)
+    table = storage.read_parquet(part_url)
     classifier = _classifier(str(Path(cfg.classifier).resolve()))
     scores = classifier.proba(table["text"].to_pylist(), cfg.batch_size)[:, classifier.labels.index(label)]
     reasons = [LOW_SCORE if s < cfg.threshold else None for s in scores]

@@ -1,4 +1,4 @@
-"""The training job: `python -m training.train --job JOB.json`, one process per data-parallel rank.
+"""The training job: `python -m tokenmill.training.train --job JOB.json`, one process per data-parallel rank.
 
 Launched by the train flow through torchrun (one node) or the DeepSpeed launcher (hostfile), so the
 same code runs on one CPU process, several GPUs or several nodes. JOB.json holds the TrainConfig
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import resume, save_checkpoint, save_weights
 from .config import TrainConfig
 from .data import RankBatches, load_manifest, load_split
-from .checkpoint import resume, save_checkpoint, save_weights
 from .metrics import mfu, peak_bf16_flops, truncate_metrics
 from .model import Transformer
 

@@ -13,7 +13,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import io
+from .. import storage
 from ..config import QualityConfig
 from ..stages import PartWriter, shard_of
 from .base import Doc, Step
@@ -68,7 +68,7 @@ def filter_part(part_url: str, run_dir: str, cfg: QualityConfig, batch_rows: int
     `inspect` shows what was dropped."""
     steps = build_chain(cfg)
     writer = PartWriter(run_dir, "quality", shard_of(part_url))
-    fs, path = io.fs_path(part_url)
+    fs, path = storage.fs_path(part_url)
     try:
         with fs.open(path, "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):

@@ -1,0 +1,52 @@
+"""Helpers the tests share (plain functions; the fixtures are in conftest.py). pytest puts tests/
+on sys.path, so a test imports them as `from helpers import ...`."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "pipeline" / "data" / "corpus"
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    """Write records (dicts, or raw str/bytes lines) as a JSONL file."""
+    with open(path, "wb") as f:
+        for r in records:
+            line = r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()
+            f.write(line + b"\n")
+    return path
+
+
+def curated_files(run_dir: Path) -> dict[str, str]:
+    """sha256 of every data file curate wrote (parts, intermediate dedup files, shards, tokenizer,
+    manifest) by path relative to the run; stats files hold timings and are left out."""
+    out = {}
+    for p in sorted(run_dir.rglob("*")):
+        rel = p.relative_to(run_dir).as_posix()
+        if p.is_file() and not rel.startswith(("train/", "eval/", "export/")) and (
+                p.suffix in (".parquet", ".arrow") or p.name in ("tokenizer.json", "manifest.json")):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def make_tokens(out: Path, docs: list[dict], seq_len: int = 32, vocab_size: int = 500) -> Path:
+    """Real token shards + manifest + tokenizer (what the curate flow writes) from real documents."""
+    from tokenmill.pipeline import storage
+    from tokenmill.pipeline.config import TokenizerConfig, TokensConfig
+    from tokenmill.pipeline.documents import docs_table
+    from tokenmill.pipeline.tokenize import (
+        tokenize_part,
+        train_tokenizer,
+        write_manifest,
+    )
+
+    part = str(out.parent / "minhash" / "part-00000.parquet")
+    rows = [{"id": f"doc{i}", "text": d["text"], "source": "s", "url": None, "meta": None} for i, d in enumerate(docs)]
+    storage.write_parquet(part, docs_table(rows))
+    train_tokenizer([part], f"{out}/tokenizer.json", TokenizerConfig(vocab_size=vocab_size))
+    cfg = TokensConfig(seq_len=seq_len, val_fraction=0.2)
+    shards = tokenize_part(part, f"{out}/tokenizer.json", str(out), cfg)
+    write_manifest(str(out), f"{out}/tokenizer.json", shards, cfg, source_docs=len(rows))
+    return out
