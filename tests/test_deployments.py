@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_jsonl
+from helpers import write_jsonl
 from tokenmill.flows.server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
