@@ -39,7 +39,7 @@ import pyarrow as pa
 from datasketch import MinHash, MinHashLSH
 from tokenmill.pipeline import dedup, storage
 from tokenmill.pipeline.config import BUNDLED_CORPUS, DedupConfig
-from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.contracts import docs_table
 
 HEADER = "Home | About us | Products | Blog | Contact | Login\nSkip to main content\n"
 FOOTER = "\nCopyright © 2019 All rights reserved. Privacy Policy | Terms of Use | Cookie settings"

@@ -43,7 +43,7 @@ from datasketch import MinHash
 from dedup_quality import load_corpus  # sibling script: bench/ is on sys.path
 from tokenmill.pipeline import dedup, storage
 from tokenmill.pipeline.config import DedupConfig
-from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.contracts import docs_table
 
 CFG = DedupConfig()
 

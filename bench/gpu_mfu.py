@@ -18,9 +18,9 @@ import sys
 import time
 
 import torch
-from tokenmill.training.config import TrainConfig
+from tokenmill.training.config import PRESETS, ModelConfig, TrainConfig
 from tokenmill.training.metrics import mfu, peak_bf16_flops
-from tokenmill.training.model import PRESETS, ModelConfig, Transformer
+from tokenmill.training.model import Transformer
 from tokenmill.training.train import ds_config, init_distributed, param_groups
 
 VOCAB = 50304  # GPT-2's vocabulary padded to a multiple of 64

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from prefect_ray import RayTaskRunner
 from rich.progress import (
     BarColumn,
@@ -15,7 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from tokenmill.pipeline import storage
-from tokenmill.pipeline.stages import check_stage_config
+from tokenmill.pipeline.stages import Step, check_stage_config
 
 from .config import RayConfig
 
@@ -38,42 +38,26 @@ def ray_task_runner(cfg: RayConfig) -> RayTaskRunner:
     return RayTaskRunner(address=cfg.address, init_kwargs=init_kwargs)
 
 
-def run_mapped(task, calls: Sequence[dict], max_in_flight: int, description: str,
-               retries: int | None = None, retry_delay_s: float = 0,
-               done: Callable[[dict], Any] | None = None, commit: Callable[[dict, Any], None] | None = None) -> list:
-    """Submit task(**kwargs) for each call with at most `max_in_flight` pending; results in order.
+def run_step(step: Step, max_in_flight: int, retries: int = 0, retry_delay_s: float = 0) -> list:
+    """Run `step` as one Prefect task per call that an earlier run did not finish (stages.Step: the
+    task commits its own marker), at most `max_in_flight` pending; every call's result, in order.
 
-    Resume: `done(call)` returns what an earlier run of the call left (its commit marker's content),
-    or None; such calls are not submitted and their earlier result is used. `commit(call, result)`
-    runs once a call's result is in, to write its marker (stages whose tasks write their own marker,
-    like write_part, need none).
-
-    prefect-ray misbehaves with many pending futures, so submission is windowed rather than .map().
-    """
-    if retries is not None:
-        task = task.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
-    results: list = [None] * len(calls)
-    todo = []
-    for i, kwargs in enumerate(calls):
-        earlier = done(kwargs) if done else None
-        if earlier is None:
-            todo.append(i)
-        else:
-            results[i] = earlier
-    if done is not None and len(todo) < len(calls):
-        get_run_logger().info("%s: %d of %d parts done in an earlier run, reused", description,
-                              len(calls) - len(todo), len(calls))
+    prefect-ray misbehaves with many pending futures, so submission is windowed rather than .map()."""
+    results = [step.done(call) for call in step.calls]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if len(todo) < len(results):
+        get_run_logger().info("%s: %d of %d parts done in an earlier run, reused", step.name,
+                              len(results) - len(todo), len(results))
+    unit = task(step.unit(), name=step.name, retries=retries, retry_delay_seconds=retry_delay_s)
     pending: deque = deque()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=False, disable=not todo) as progress:
-        bar = progress.add_task(description, total=len(todo))
+        bar = progress.add_task(step.name, total=len(todo))
         for n, i in enumerate(todo):
-            pending.append((i, task.submit(**calls[i])))
+            pending.append((i, unit.submit(**step.calls[i])))
             while len(pending) >= max_in_flight or (n == len(todo) - 1 and pending):
                 j, future = pending.popleft()
                 results[j] = future.result()
-                if commit:
-                    commit(calls[j], results[j])
                 progress.advance(bar)
     return results
 

@@ -11,6 +11,9 @@
                                   -> per-part duplicate lists
     drop           per part       kept docs and rejected ones with `reason` and `duplicate_of`
 
+plan() lists them in order as Steps (pipeline/stages.py): the curate flow maps them on Ray,
+run_local() runs them in one process; both resume the same way.
+
 Memory of every per-part step is bounded by `batch_size` documents, of every per-partition step by the
 partition's size (partitions are added as the corpus grows, see num_partitions); only `clusters`
 holds something corpus-wide: the distinct ids of duplicate documents (one Arrow string array) and two
@@ -43,7 +46,15 @@ from . import minhash as kernels
 from . import storage
 from .config import DedupConfig
 from .minhash import NO_SPACE_SHARE
-from .stages import part_name, shard_of, write_part
+from .stages import (
+    Step,
+    marker_url,
+    part_name,
+    part_step,
+    shard_of,
+    unit_name,
+    write_part,
+)
 
 EXACT = "dedup.exact"  # identical, after normalisation, to the kept document
 NEAR = "dedup.near"  # estimated Jaccard similarity >= threshold with a document of its cluster
@@ -441,8 +452,8 @@ def clusters(pair_urls: list[str], exact_urls: list[str], out_dir: str) -> dict:
             "near_duplicates": int(len(dups) - is_exact.sum()), "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())}}
 
 
-def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str, stage: str = "dedup") -> dict:
-    """Write a part's kept docs to <run>/<stage> and its duplicates, with reason and duplicate_of, to rejected/."""
+def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str) -> dict:
+    """Write a part's kept docs to <run>/dedup and its duplicates, with reason and duplicate_of, to rejected/dedup."""
     started = time.perf_counter()
     docs = storage.read_parquet(part_url)
     url = storage.join(duplicates_dir, part_name(shard_of(part_url)) + ".parquet")
@@ -451,33 +462,63 @@ def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str, stage: str
         dups = storage.read_parquet(url).to_pydict()
         found = {i: (r, why) for i, r, why in zip(dups["id"], dups["duplicate_of"], dups["reason"])}
     hits = [found.get(i, (None, None)) for i in docs["id"].to_pylist()]
-    return write_part(run_dir, stage, shard_of(part_url), docs, [h[1] for h in hits], [h[0] for h in hits], started=started)
+    return write_part(run_dir, "dedup", shard_of(part_url), docs, [h[1] for h in hits], [h[0] for h in hits], started=started)
+
+
+def plan(part_urls: list[str], run_dir: str, cfg: DedupConfig, partitions: int) -> list[Step]:
+    """The dedup stage's steps in order, reading `part_urls` and writing <run_dir>/dedup: the curate
+    flow maps each on Ray, run_local runs them here. Scratch goes to <run_dir>/dedup/_work."""
+    work = storage.join(run_dir, "dedup", "_work")
+    ids, exact, bands, duplicates = (storage.join(work, d) for d in ("ids", "exact", "bands", "duplicates"))
+
+    def per_part(name, fn, work_dir, **kwargs) -> Step:
+        return Step(name, fn, [dict(part_url=u, work_dir=work_dir, partitions=partitions, **kwargs) for u in part_urls],
+                    marker=lambda call: marker_url(work_dir, unit_name(call["part_url"])))
+
+    def per_partition(name, fn, out_dir, calls, unit_key="out_url") -> Step:
+        return Step(name, fn, calls, marker=lambda call: marker_url(out_dir, unit_name(call[unit_key])))
+
+    def partition_files(directory: str) -> list[str]:
+        return [storage.join(directory, f"partition-{p:05d}.parquet") for p in range(partitions)]
+
+    steps = [per_part("id-rows", id_rows, ids),
+             per_partition("check-ids", check_ids, storage.join(work, "ids-checked"),
+                           [dict(partition=partition_dir(ids, p)) for p in range(partitions)], unit_key="partition")]
+    exact_urls = partition_files(storage.join(work, "exact-groups")) if cfg.exact else []
+    if cfg.exact:
+        steps += [per_part("exact-hashes", exact_hashes, exact, batch_size=cfg.batch_size),
+                  per_partition("exact-groups", exact_groups, storage.join(work, "exact-groups"),
+                                [dict(partition=partition_dir(exact, p), out_url=u) for p, u in enumerate(exact_urls)])]
+    pair_urls = partition_files(storage.join(work, "pairs")) if cfg.minhash else []
+    if cfg.minhash:
+        steps += [per_part("minhash-signatures", signature_rows, bands, cfg=cfg, exact_urls=exact_urls),
+                  per_partition("minhash-buckets", bucket_pairs, storage.join(work, "pairs"),
+                                [dict(partition=partition_dir(bands, p), out_url=u, cfg=cfg) for p, u in enumerate(pair_urls)])]
+    steps += [Step("dedup-clusters", clusters, [dict(pair_urls=pair_urls, exact_urls=exact_urls, out_dir=duplicates)],
+                   marker=lambda call: marker_url(duplicates, "clusters")),
+              part_step("dedup-drop", drop_duplicates, [dict(part_url=u, duplicates_dir=duplicates, run_dir=run_dir) for u in part_urls],
+                        run_dir, "dedup", lambda call: shard_of(call["part_url"]))]
+    return steps
+
+
+def summary(cfg: DedupConfig, partitions: int, results: dict[str, list]) -> dict:
+    """The stage's own figures from its steps' results (by step name): partitions, LSH bands x rows,
+    candidate and verified pairs, duplicates and the cluster-size histogram."""
+    out: dict = {"partitions": partitions}
+    if cfg.minhash:
+        bands, rows = lsh_params(cfg)
+        out.update(bands=bands, rows=rows, **{k: sum(r[k] for r in results["minhash-buckets"]) for k in ("candidate_pairs", "pairs")})
+    return {**out, **results["dedup-clusters"][0]}
+
+
+def remove_scratch(run_dir: str) -> None:
+    """Drop what only the steps needed (the band rows are the bulk); pair and duplicate lists stay."""
+    for scratch in ("ids", "ids-checked", "exact", "bands"):
+        storage.remove_tree(storage.join(run_dir, "dedup", "_work", scratch))
 
 
 def run_local(part_urls: list[str], run_dir: str, cfg: DedupConfig, partitions: int | None = None) -> dict:
-    """All steps in order in this process, as the flow wires them (for tests, benchmarks and small data):
-    <run_dir>/dedup/part-*.parquet and <run_dir>/rejected/dedup/part-*.parquet. Returns clusters' summary."""
+    """Every step of plan() in this process (tests, benchmarks, small data): <run_dir>/dedup/part-*.parquet
+    and <run_dir>/rejected/dedup/part-*.parquet. Returns the stage's summary."""
     partitions = partitions or cfg.partitions
-    work = storage.join(run_dir, "dedup", "_work")
-    for url in part_urls:
-        id_rows(url, storage.join(work, "ids"), partitions)
-    for p in range(partitions):
-        check_ids(partition_dir(storage.join(work, "ids"), p))
-    exact_urls: list[str] = []
-    if cfg.exact:
-        for url in part_urls:
-            exact_hashes(url, storage.join(work, "exact"), partitions, cfg.batch_size)
-        exact_urls = [storage.join(work, "exact-groups", f"partition-{p:05d}.parquet") for p in range(partitions)]
-        for p, out in enumerate(exact_urls):
-            exact_groups(partition_dir(storage.join(work, "exact"), p), out)
-    pair_urls: list[str] = []
-    if cfg.minhash:
-        for url in part_urls:
-            signature_rows(url, storage.join(work, "bands"), partitions, cfg, exact_urls)
-        pair_urls = [storage.join(work, "pairs", f"partition-{p:05d}.parquet") for p in range(partitions)]
-        for p, out in enumerate(pair_urls):
-            bucket_pairs(partition_dir(storage.join(work, "bands"), p), out, cfg)
-    summary = clusters(pair_urls, exact_urls, storage.join(work, "duplicates"))
-    for url in part_urls:
-        drop_duplicates(url, storage.join(work, "duplicates"), run_dir)
-    return summary
+    return summary(cfg, partitions, {step.name: step.run_serially() for step in plan(part_urls, run_dir, cfg, partitions)})

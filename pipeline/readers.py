@@ -26,9 +26,9 @@ import fsspec
 
 from . import storage
 from .config import ReaderConfig
-from .documents import docs_table
-from .storage import fs_path
+from .contracts import docs_table
 from .stages import PartWriter
+from .storage import fs_path
 
 COMPRESSIONS = (".gz", ".zst", ".bz2")
 FORMATS = {

@@ -1,28 +1,35 @@
-"""Stage bookkeeping: per-part outputs, per-part stats, and the stage's _stats.json.
+"""Stage bookkeeping: steps mapped over units of work, per-part outputs and stats, the stage's _stats.json.
 
-Layout (ARCHITECTURE.md):
+Layout (docs/architecture.md):
     <run>/<stage>/part-NNNNN.parquet            kept documents
     <run>/rejected/<stage>/part-NNNNN.parquet   dropped documents with `reason` (and `duplicate_of`)
-    <run>/<stage>/_parts/part-NNNNN.json        stats of one part, written last: a part with it is done
+    <run>/<stage>/_parts/part-NNNNN.json        stats of one part: its commit marker
     <run>/<stage>/_config.json                  the settings the stage's parts were made with
     <run>/<stage>/_stats.json, _SUCCESS         totals, written when every part is done
 
-Resume: a rerun with the same run id skips a finished stage (_SUCCESS) and, inside an unfinished
-one, every part whose stats file exists (the commit marker: written after the part's outputs, and
-every write is atomic), reusing its stats. A rerun whose settings for a stage differ from the ones
-in its _config.json is refused rather than mixing parts made with two configurations.
+One resume rule: a Step maps a function over calls (units of work: a part, a partition, or one
+call for a whole stage). The task running a call writes the call's outputs (atomically), then its
+result as JSON to the call's marker, `<output dir>/_parts/<unit>.json` (Step.unit). A rerun with
+the same run id skips a finished stage (_SUCCESS) and, inside an unfinished one, every call whose
+marker is there and whose outputs still are (Step.done), reusing the result the marker holds. A
+rerun whose settings for a stage differ from the ones in its _config.json is refused rather than
+mixing parts made with two configurations.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import posixpath
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import storage
-from .documents import doc_schema, rejected_schema, rejected_table
+from .contracts import doc_schema, rejected_schema, rejected_table
 
 MAX_ERRORS = 1000  # input errors (path, offset, error) listed in a stage's _stats.json
 
@@ -31,26 +38,79 @@ def part_name(shard: int) -> str:
     return f"part-{shard:05d}"
 
 
+def unit_name(url: str) -> str:
+    """The unit of work a file or directory stands for: part-00003 of .../part-00003.parquet."""
+    return posixpath.basename(url.rstrip("/")).split(".")[0]
+
+
+def marker_url(directory: str, unit: str) -> str:
+    """Where a unit of work that writes into `directory` commits: <directory>/_parts/<unit>.json."""
+    return storage.join(directory, "_parts", unit + ".json")
+
+
 def part_stats_url(run_dir: str, stage: str, shard: int) -> str:
-    return storage.join(run_dir, stage, "_parts", part_name(shard) + ".json")
+    return marker_url(storage.join(run_dir, stage), part_name(shard))
 
 
-def finished(marker_url: str, outputs: Callable[[Any], Iterable[str]] = lambda result: ()) -> dict | list | None:
+def part_files(run_dir: str, stage: str, shard: int, stats: dict) -> list[str]:
+    """The parquet files a part of a document stage wrote (the rejected one only when it rejected some)."""
+    name = part_name(shard) + ".parquet"
+    return [storage.join(run_dir, stage, name)] + ([storage.join(run_dir, "rejected", stage, name)] if stats["docs_rejected"] else [])
+
+
+def finished(marker: str, outputs: Callable[[Any], Iterable[str]] = lambda result: ()) -> Any:
     """What a unit of work finished by an earlier (possibly interrupted) run returned, else None.
 
-    `marker_url` is the JSON the unit wrote after all its outputs; a marker whose `outputs(result)`
-    have gone missing since does not count."""
-    if not storage.exists(marker_url):
+    A marker whose `outputs(result)` have gone missing since does not count."""
+    if not storage.exists(marker):
         return None
-    result = storage.read_json(marker_url)
+    result = storage.read_json(marker)
     return result if all(storage.exists(u) for u in outputs(result)) else None
 
 
 def finished_part(run_dir: str, stage: str, shard: int) -> dict | None:
-    """Stats of a part (write_part) finished by an earlier run whose parquet files are all there, else None."""
-    name = part_name(shard) + ".parquet"
-    return finished(part_stats_url(run_dir, stage, shard), lambda stats: [storage.join(run_dir, stage, name)] + (
-        [storage.join(run_dir, "rejected", stage, name)] if stats["docs_rejected"] else []))
+    """Stats of a part of a document stage finished by an earlier run whose parquet files are all there, else None."""
+    return finished(part_stats_url(run_dir, stage, shard), lambda stats: part_files(run_dir, stage, shard, stats))
+
+
+@dataclass(frozen=True)
+class Step:
+    """`fn` mapped over `calls` (keyword arguments, one unit of work each). `marker(call)` is where a
+    call commits its result; `outputs(call, result)` are the files it must have left for that to count."""
+
+    name: str
+    fn: Callable[..., Any]
+    calls: list[dict]
+    marker: Callable[[dict], str]
+    outputs: Callable[[dict, Any], Iterable[str]] = lambda call, result: ()
+
+    def done(self, call: dict) -> Any:
+        """The result of `call` from an earlier run, or None when it has to run."""
+        return finished(self.marker(call), lambda result: self.outputs(call, result))
+
+    def unit(self) -> Callable[..., Any]:
+        """What a task runs for one call: `fn`, then the call's commit marker, written last (after
+        every output) and by the task itself, wherever it runs. Signature and name are fn's."""
+        fn, marker, signature = self.fn, self.marker, inspect.signature(self.fn)
+
+        @functools.wraps(fn)
+        def unit(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            storage.write_json(marker(signature.bind(*args, **kwargs).arguments), result)
+            return result
+        return unit
+
+    def run_serially(self) -> list:
+        """Every call in this process, in order, under the same resume rule (tests, benchmarks, small data)."""
+        unit = self.unit()
+        return [r if (r := self.done(call)) is not None else unit(**call) for call in self.calls]
+
+
+def part_step(name: str, fn: Callable[..., Any], calls: list[dict], run_dir: str, stage: str,
+              shard: Callable[[dict], int]) -> Step:
+    """A step writing one part of a document stage per call (PartWriter): the part's stats are its marker."""
+    return Step(name, fn, calls, marker=lambda call: part_stats_url(run_dir, stage, shard(call)),
+                outputs=lambda call, stats: part_files(run_dir, stage, shard(call), stats))
 
 
 class ConfigChanged(ValueError):
@@ -102,7 +162,7 @@ class PartWriter:
     """One part of a stage, written a batch of documents at a time so memory is bounded by the batch:
     kept rows to <stage>/part-N.parquet, rejected ones (with `reason`, `duplicate_of`) to
     rejected/<stage>/part-N.parquet, one row group per batch. `close()` puts both files in place
-    and then writes the part's stats, its commit marker."""
+    and returns the part's stats (the step that runs it commits them as the part's marker)."""
 
     def __init__(self, run_dir: str, stage: str, shard: int, started: float | None = None, extra_fields: list[pa.Field] = ()):
         self.run_dir, self.stage, self.shard, self.extra_fields = run_dir, stage, shard, list(extra_fields)
@@ -160,7 +220,6 @@ class PartWriter:
             "seconds": round(time.perf_counter() - self.started, 3),
             **(extra or {}),
         }
-        storage.write_json(part_stats_url(self.run_dir, self.stage, self.shard), stats)  # last: the part's commit marker
         return stats
 
     def abort(self) -> None:

@@ -10,15 +10,18 @@ import hashlib
 import time
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc as ipc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from . import storage
 from .config import TokenizerConfig, TokensConfig
-from .stages import shard_of
-
-EOS = "<|endoftext|>"
+from .contracts import (
+    EOS,
+    load_tokenizer,
+    save_manifest,
+    token_dtype,
+    write_token_shard,
+)
+from .stages import Step, marker_url, shard_of, unit_name
 
 
 def train_tokenizer(part_urls: list[str], out_url: str, cfg: TokenizerConfig) -> dict:
@@ -42,32 +45,9 @@ def train_tokenizer(part_urls: list[str], out_url: str, cfg: TokenizerConfig) ->
     return {"vocab_size": tokenizer.get_vocab_size(), "sha256": storage.sha256_file(out_url)}
 
 
-def load_tokenizer(url: str) -> Tokenizer:
-    fs, path = storage.fs_path(url)
-    with fs.open(path, "rb") as f:
-        return Tokenizer.from_str(f.read().decode())
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
 def is_val(doc_id: str, val_fraction: float) -> bool:
     h = int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
     return h / 2**64 < val_fraction
-
-
-def write_token_shard(url: str, ids: np.ndarray, seq_len: int) -> dict:
-    rows = len(ids) // (seq_len + 1)
-    flat = pa.array(ids[: rows * (seq_len + 1)])
-    table = pa.table({"tokens": pa.FixedSizeListArray.from_arrays(flat, seq_len + 1)})
-
-    def write(f):
-        with ipc.new_file(f, table.schema) as writer:
-            writer.write_table(table)
-
-    storage.atomic_write(url, write)
-    return {"rows": rows, "tokens": rows * (seq_len + 1), "dropped_tail_tokens": len(ids) - rows * (seq_len + 1), "sha256": storage.sha256_file(url)}
 
 
 def tokenize_part(part_url: str, tokenizer_url: str, out_dir: str, cfg: TokensConfig) -> list[dict]:
@@ -123,5 +103,17 @@ def write_manifest(out_dir: str, tokenizer_url: str, shards: list[dict], cfg: To
         if manifest["totals"][split]["rows"] == 0:
             raise ValueError(f"no {split} sequences: too little text for seq_len={cfg.seq_len} "
                              f"(val_fraction={cfg.val_fraction}); lower seq_len or add input")
-    storage.write_json(storage.join(out_dir, "manifest.json"), manifest)
+    save_manifest(out_dir, manifest)
     return manifest
+
+
+def steps(part_urls: list[str], out_dir: str, tokenizer: TokenizerConfig, tokens: TokensConfig) -> tuple[Step, Step]:
+    """The tokens stage's two steps: train the tokenizer (once, on every part), then tokenize each part."""
+    tokenizer_url = storage.join(out_dir, "tokenizer.json")
+    train = Step("train-tokenizer", train_tokenizer, [dict(part_urls=part_urls, out_url=tokenizer_url, cfg=tokenizer)],
+                 marker=lambda call: marker_url(out_dir, "train-tokenizer"), outputs=lambda call, result: [tokenizer_url])
+    shard = Step("tokenize", tokenize_part,
+                 [dict(part_url=u, tokenizer_url=tokenizer_url, out_dir=out_dir, cfg=tokens) for u in part_urls],
+                 marker=lambda call: marker_url(out_dir, unit_name(call["part_url"])),
+                 outputs=lambda call, shards: [storage.join(out_dir, s["file"]) for s in shards])
+    return train, shard

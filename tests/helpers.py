@@ -35,7 +35,7 @@ def make_tokens(out: Path, docs: list[dict], seq_len: int = 32, vocab_size: int 
     """Real token shards + manifest + tokenizer (what the curate flow writes) from real documents."""
     from tokenmill.pipeline import storage
     from tokenmill.pipeline.config import TokenizerConfig, TokensConfig
-    from tokenmill.pipeline.documents import docs_table
+    from tokenmill.pipeline.contracts import docs_table
     from tokenmill.pipeline.tokenize import (
         tokenize_part,
         train_tokenizer,

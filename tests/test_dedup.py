@@ -8,7 +8,7 @@ import pytest
 from datasketch import MinHash
 from tokenmill.pipeline import dedup, storage
 from tokenmill.pipeline.config import DedupConfig
-from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.contracts import docs_table
 from tokenmill.pipeline.minhash import NO_SPACE_BLOCKS
 
 CFG = DedupConfig(partitions=3)

@@ -11,7 +11,7 @@ from tokenmill.pipeline.config import (
     QualityConfig,
     URLFilterConfig,
 )
-from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.contracts import docs_table
 from tokenmill.pipeline.filters import apply_chain, build_chain, filter_part
 from tokenmill.pipeline.filters.base import Doc, count_sentences, split_words
 from tokenmill.pipeline.filters.c4 import C4

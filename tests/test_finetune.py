@@ -18,7 +18,7 @@ import pytest
 from helpers import REPO, write_jsonl
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import QualityModelConfig
-from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.contracts import docs_table
 from tokenmill.pipeline.stages import finish_stage
 from tokenmill.training.finetune import (
     TASKS,

@@ -1,6 +1,6 @@
 import pytest
+from tokenmill.training.config import PRESETS, ModelConfig
 from tokenmill.training.metrics import final_table, loss_curve_png, mfu, peak_bf16_flops
-from tokenmill.training.model import PRESETS, ModelConfig
 
 
 def test_mfu_is_model_flops_over_the_gpu_peak():

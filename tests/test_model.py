@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 from tokenmill.training.checkpoint import load_model, save_weights
-from tokenmill.training.model import PRESETS, ModelConfig, Transformer
+from tokenmill.training.config import PRESETS, ModelConfig
+from tokenmill.training.model import Transformer
 
 
 def small(**kw):

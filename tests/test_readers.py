@@ -16,6 +16,7 @@ from tokenmill.pipeline.readers import (
     read_jsonl,
     read_records,
 )
+from tokenmill.pipeline.stages import part_step
 
 WARC_DIR = Path(__file__).parent / "data" / "warc"
 CFG = ReaderConfig()
@@ -154,7 +155,8 @@ def test_one_big_file_is_split_into_byte_range_shards_with_stable_ids(tmp_path):
 def test_read_file_writes_kept_and_rejected_parts_and_reports_file_errors(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "one"}, "{bad", {"text": "two"}])
     run = str(tmp_path / "run")
-    stats = read_file(str(path), 3, run, CFG)
+    [stats] = part_step("read", read_file, [dict(url=str(path), shard=3, run_dir=run, cfg=CFG)], run, "read",
+                        lambda call: call["shard"]).run_serially()
     assert stats["docs_in"] == 3 and stats["docs_kept"] == 2 and stats["rejected"] == {"read.invalid_json": 1}
     kept = pq.read_table(f"{run}/read/part-00003.parquet")
     rejected = pq.read_table(f"{run}/rejected/read/part-00003.parquet")

@@ -6,7 +6,7 @@ import pyarrow.ipc as ipc
 import pytest
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import TokenizerConfig, TokensConfig
-from tokenmill.pipeline.documents import docs_table
+from tokenmill.pipeline.contracts import docs_table
 from tokenmill.pipeline.tokenize import (
     EOS,
     load_tokenizer,

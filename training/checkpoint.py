@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenmill.pipeline import storage
 
-from .model import ModelConfig, Transformer
+from .config import ModelConfig
+from .model import Transformer
 
 TIED = "lm_head.weight"
 

@@ -19,11 +19,11 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tokenmill.pipeline import storage
-from tokenmill.pipeline.tokenize import EOS
+from tokenmill.pipeline.contracts import CLASSIFIER_CONFIG, EOS
 
-from .model import ModelConfig, Transformer
+from .config import ModelConfig
+from .model import Transformer
 
-CONFIG = "classifier.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 
@@ -80,7 +80,7 @@ def save_classifier(state: dict[str, torch.Tensor], out_dir: str | Path, meta: d
     out_dir = Path(out_dir)
     tensors = {k: v.detach().float().cpu().clone().contiguous() for k, v in state.items()}
     save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
-    storage.write_json(str(out_dir / CONFIG), meta)
+    storage.write_json(str(out_dir / CLASSIFIER_CONFIG), meta)
 
 
 class Classifier:
@@ -88,10 +88,10 @@ class Classifier:
 
     def __init__(self, directory: str | Path, device: str = "cpu"):
         directory = Path(directory)
-        if not (directory / CONFIG).exists():
-            raise FileNotFoundError(f"{directory}: no {CONFIG}; expected the output directory of `tokenmill finetune` "
+        if not (directory / CLASSIFIER_CONFIG).exists():
+            raise FileNotFoundError(f"{directory}: no {CLASSIFIER_CONFIG}; expected the output directory of `tokenmill finetune` "
                                     "(runs/<id>/finetune/<task>)")
-        self.meta = json.loads((directory / CONFIG).read_text())
+        self.meta = json.loads((directory / CLASSIFIER_CONFIG).read_text())
         self.labels: list[str] = self.meta["labels"]
         self.max_len: int = self.meta["max_len"]
         self.tokenizer = Tokenizer.from_file(str(directory / self.meta["tokenizer"]))

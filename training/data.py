@@ -1,50 +1,18 @@
-"""Token shards from the manifest, memory-mapped, in a deterministic order split across ranks."""
+"""A split's token rows (pipeline/contracts.py has the shard format) and their order across ranks and epochs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc as ipc
-from tokenizers import Tokenizer
-from tokenmill.pipeline.storage import sha256_file
-
-
-class ManifestError(ValueError):
-    pass
-
-
-def load_manifest(tokens_dir: str | Path, verify: bool = True) -> dict:
-    tokens_dir = Path(tokens_dir)
-    path = tokens_dir / "manifest.json"
-    if not path.exists():
-        raise ManifestError(f"{path} not found: run the curate flow first")
-    manifest = json.loads(path.read_text())
-    if verify:
-        tok = tokens_dir / manifest["tokenizer"]
-        if sha256_file(str(tok)) != manifest["tokenizer_sha256"]:
-            raise ManifestError(f"{tok}: sha256 differs from the manifest; the tokenizer changed after tokenization")
-        vocab = Tokenizer.from_file(str(tok)).get_vocab_size()
-        if vocab != manifest["vocab_size"]:
-            raise ManifestError(f"{path}: vocab_size {manifest['vocab_size']} but {tok} has {vocab} tokens")
-        for shard in manifest["shards"]:
-            if sha256_file(str(tokens_dir / shard["file"])) != shard["sha256"]:
-                raise ManifestError(f"{tokens_dir / shard['file']}: sha256 differs from the manifest (corrupt or rewritten shard)")
-    return manifest
+from tokenmill.pipeline.contracts import ManifestError, load_manifest, read_token_shard
 
 
 def load_split(tokens_dir: str | Path, split: str, manifest: dict | None = None) -> np.ndarray:
-    """All rows of a split as one (rows, seq_len + 1) array; shards are memory-mapped, not read."""
+    """All rows of a split as one (rows, seq_len + 1) array: each shard is read through a memory map,
+    then the split's shards are concatenated into memory (a copy when there is more than one)."""
     tokens_dir = Path(tokens_dir)
     manifest = manifest or load_manifest(tokens_dir)
-    arrays = []
-    for shard in manifest["shards"]:
-        if shard["split"] != split:
-            continue
-        table = ipc.open_file(pa.memory_map(str(tokens_dir / shard["file"]))).read_all()
-        col = table["tokens"].combine_chunks()
-        arrays.append(col.values.to_numpy(zero_copy_only=False).reshape(len(col), manifest["seq_len"] + 1))
+    arrays = [read_token_shard(tokens_dir / s["file"], manifest["seq_len"]) for s in manifest["shards"] if s["split"] == split]
     if not arrays:
         raise ManifestError(f"{tokens_dir}: no {split} shards in the manifest")
     return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from tokenmill.pipeline.tokenize import EOS, load_tokenizer
+from tokenmill.pipeline.contracts import EOS, load_manifest, load_tokenizer
 
 from .checkpoint import checkpoint_tag, load_model, model_from_state
 from .config import EvalConfig
-from .data import load_manifest, load_split
+from .data import load_split
 from .model import Transformer
 
 HELDOUT = Path(__file__).parent / "data" / "heldout" / "wikitext2_valid_head.txt"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenmill.pipeline.tokenize import EOS
+from tokenmill.pipeline.contracts import EOS
 
 from .checkpoint import TIED, checkpoint_tag, latest_tag
-from .model import ModelConfig
+from .config import ModelConfig
 
 
 @contextmanager

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenmill.pipeline import storage
+from tokenmill.pipeline.contracts import load_manifest
 
 from .checkpoint import load_model
 from .classifier import (
@@ -36,10 +37,10 @@ from .classifier import (
     predict_proba,
     save_classifier,
 )
-from .config import FinetuneConfig
-from .data import RankBatches, load_manifest
+from .config import FinetuneConfig, ModelConfig
+from .data import RankBatches
 from .launch import run_module
-from .model import ModelConfig, Transformer
+from .model import Transformer
 from .train import consolidated_state, ds_config, init_distributed, param_groups
 
 DATA = Path(__file__).parent / "data" / "finetune"
@@ -209,7 +210,7 @@ def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], Non
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_file = tokens_dir / load_manifest(tokens_dir)["tokenizer"]
     shutil.copyfile(tokenizer_file, out / TOKENIZER)  # the classifier directory scores text on its own
-    from tokenmill.pipeline.tokenize import load_tokenizer
+    from tokenmill.pipeline.contracts import load_tokenizer
 
     ids, lengths = encode(load_tokenizer(str(tokenizer_file)), texts, max_len)
     np.savez(out / "data.npz", train_ids=ids[train_idx], train_lengths=lengths[train_idx], train_labels=y[train_idx],

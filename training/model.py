@@ -11,62 +11,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, model_validator
 from torch.utils.checkpoint import checkpoint
 
-
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    vocab_size: int = 4096
-    seq_len: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int | None = None  # < n_head: grouped-query attention
-    d_model: int = 256
-    ffn_mult: float = 8 / 3  # SwiGLU hidden = ffn_mult * d_model, rounded up to a multiple of 64
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-
-    @model_validator(mode="after")
-    def _check(self):
-        kv = self.kv_heads
-        if self.d_model % self.n_head or self.n_head % kv:
-            raise ValueError(f"d_model={self.d_model} must divide by n_head={self.n_head}, and n_head by n_kv_head={kv}")
-        return self
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        return 64 * math.ceil(self.ffn_mult * self.d_model / 64)
-
-    def num_params(self, embeddings: bool = True) -> int:
-        d, L = self.d_model, self.n_layer
-        attn = d * d * 2 + 2 * d * self.kv_heads * self.head_dim
-        block = attn + 3 * d * self.ffn_hidden + 2 * d
-        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        return L * block + d + (emb if embeddings else 0)
-
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6 * non-embedding params + attention (PaLM appendix B)."""
-        return 6 * self.num_params(embeddings=False) + 6 * self.vocab_size * self.d_model + 12 * self.n_layer * self.d_model * self.seq_len
-
-
-PRESETS: dict[str, dict] = {
-    "tiny": dict(n_layer=4, n_head=4, d_model=256),
-    "25m": dict(n_layer=8, n_head=8, d_model=512),
-    "125m": dict(n_layer=12, n_head=12, d_model=768),
-    "350m": dict(n_layer=24, n_head=16, d_model=1024),
-    "1b": dict(n_layer=24, n_head=16, n_kv_head=8, d_model=2048),
-}
+from .config import ModelConfig
 
 
 class RMSNorm(nn.Module):

@@ -12,9 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import QualityModelConfig
+from tokenmill.pipeline.contracts import CLASSIFIER_CONFIG
 from tokenmill.pipeline.stages import shard_of, write_part
-
-from .classifier import CONFIG, Classifier
 
 STAGE = "quality_model"
 LOW_SCORE = "quality_model.low_score"
@@ -24,7 +23,7 @@ SCORE = pa.field("quality_score", pa.float32())
 def score_label(cfg: QualityModelConfig) -> tuple[str, list[str]]:
     """The label whose probability is the score, checked against the classifier's labels (cheap:
     reads classifier.json only, so the flow can fail before it maps anything)."""
-    path = Path(cfg.classifier or "") / CONFIG
+    path = Path(cfg.classifier or "") / CLASSIFIER_CONFIG
     if not cfg.classifier or not path.exists():
         raise FileNotFoundError(f"curate.quality_model.classifier: {path} not found; point it at the output directory "
                                 "of `tokenmill finetune` (runs/<id>/finetune/<task>)")
@@ -36,7 +35,11 @@ def score_label(cfg: QualityModelConfig) -> tuple[str, list[str]]:
 
 
 @functools.lru_cache(maxsize=2)  # a Ray worker scoring several parts loads the classifier once
-def _classifier(directory: str) -> Classifier:
+def _classifier(directory: str):
+    from .classifier import (
+        Classifier,  # torch: imported where a part is scored, not by the curate flow
+    )
+
     return Classifier(directory)
 
 

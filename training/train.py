@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import torch
+from tokenmill.pipeline.contracts import load_manifest
 
 from .checkpoint import resume, save_checkpoint, save_weights
 from .config import TrainConfig
-from .data import RankBatches, load_manifest, load_split
+from .data import RankBatches, load_split
 from .metrics import mfu, peak_bf16_flops, truncate_metrics
 from .model import Transformer
 
