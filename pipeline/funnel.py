@@ -10,21 +10,28 @@ COLUMNS = ["stage", "reason", "docs", "bytes", "chars", "% of stage docs"]
 
 
 def doc_stages(run_dir: str) -> list[str]:
-    """Stages with document books, in pipeline order (each one's docs_in is the previous kept)."""
-    stats = {}
+    """Stages with document books, in pipeline order: read first, then each time the stage whose
+    _config.json names the last one as its `source` (by name where none or several do)."""
+    sources = {}
     for url in storage.list_files(run_dir, "*/_stats.json"):
-        s = storage.read_json(url)
-        if "docs_in" in s:
-            stats[url.rsplit("/", 2)[-2]] = s
+        if "docs_in" in storage.read_json(url):
+            name = url.rsplit("/", 2)[-2]
+            sources[name] = _source(run_dir, name)
     ordered: list[str] = []
-    # read first; then each stage whose docs_in matches the last kept (ties broken by name)
-    remaining = dict(sorted(stats.items()))
-    current = "read" if "read" in remaining else next(iter(remaining), None)
-    while current is not None:
-        ordered.append(current)
-        kept = remaining.pop(current)["docs_kept"]
-        current = next((n for n, s in remaining.items() if s["docs_in"] == kept and n != "read"), None)
-    return ordered + list(remaining)
+    remaining = sorted(sources, key=lambda n: (n != "read", n))
+    while remaining:
+        after_last = [n for n in remaining if ordered and sources[n] == ordered[-1]]
+        ordered.append((after_last or remaining)[0])
+        remaining.remove(ordered[-1])
+    return ordered
+
+
+def _source(run_dir: str, stage: str) -> str | None:
+    """The stage whose kept documents `stage` took in. quality always takes read's and records no source."""
+    if stage == "quality":
+        return "read"
+    url = storage.join(run_dir, stage, "_config.json")
+    return storage.read_json(url).get("source") if storage.exists(url) else None
 
 
 def funnel_rows(stats: dict[str, dict]) -> list[dict]:
