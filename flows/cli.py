@@ -47,6 +47,16 @@ def _config(config, run_id, output_dir, ray_address, keep_server, overrides, **e
     return cfg.with_run_id()
 
 
+def _run_dir(run: str, output_dir: str | None) -> str:
+    """RUN's directory: RUN itself when it is a URL or a local directory, else the run id RUN under
+    --output-dir (default ./runs)."""
+    if "://" in run:
+        return run.rstrip("/")
+    if Path(run).is_dir():
+        return str(Path(run).resolve())
+    return load_config(output_dir=output_dir, run_id=run).run_dir
+
+
 def keep_local_ray_on_loopback(cfg: RunConfig) -> None:
     """A Ray started here binds every interface unless it takes itself for a one-machine install;
     this switch (read when ray is imported) makes all its servers listen on 127.0.0.1 only. Not for
@@ -223,10 +233,8 @@ def finetune_cmd(run: str = typer.Argument(..., help="run id (under --output-dir
                  config: Optional[str] = ConfigOpt, output_dir: Optional[str] = OutOpt, keep_server: bool = KeepOpt,
                  set_: Optional[List[str]] = SetOpt):
     """Fine-tune the run's pretrained model as a classifier (DeepSpeed), next to random init and the majority class."""
-    run_path = Path(run)
-    if run_path.is_dir() and (run_path / "train").is_dir():
-        output_dir, run = str(run_path.resolve().parent), run_path.resolve().name
-    _execute(_config(config, run, output_dir, None, keep_server, set_, **{"finetune.task": task}), "finetune")
+    output_dir, _, run_id = _run_dir(run, output_dir).rpartition("/")
+    _execute(_config(config, run_id, output_dir, None, keep_server, set_, **{"finetune.task": task}), "finetune")
 
 
 @app.command()
@@ -236,9 +244,7 @@ def compare(run_ids: List[str] = typer.Argument(..., help="run ids (under --outp
     """Metrics of several runs side by side: steps, final loss, val/held-out perplexity and bits per byte."""
     from .report import compare_rows, markdown_table
 
-    base = RunConfig(output_dir=output_dir or "runs")
-    dirs = [r if Path(r).is_dir() else base.model_copy(update={"run_id": r}).run_dir for r in run_ids]
-    header, rows = compare_rows(dirs)
+    header, rows = compare_rows([_run_dir(r, output_dir) for r in run_ids])
     table = Table(*header)
     for row in rows:
         table.add_row(*row)
@@ -304,9 +310,8 @@ def export_cmd(run: str = typer.Argument(..., help="run id (under --output-dir) 
     to fp32, as a Hugging Face Llama model."""
     from tokenmill.training.export import export_run
 
-    run_dir = Path(run) if Path(run, "tokens").is_dir() else Path(output_dir or "runs") / run
     try:
-        path = export_run(run_dir, out, checkpoint)
+        path = export_run(_run_dir(run, output_dir), out, checkpoint)
     except (FileNotFoundError, ValueError) as e:
         console.print(f"[red]export failed:[/red] {e}")
         raise typer.Exit(1)
@@ -322,7 +327,7 @@ def inspect_cmd(run: str = typer.Argument(..., help="run id (under --output-dir)
     """Show a few documents a run rejected for a reason (no Prefect or Ray needed)."""
     from tokenmill.pipeline import funnel
 
-    run_dir = run if Path(run).is_dir() or "://" in run else load_config(output_dir=output_dir, run_id=run).run_dir
+    run_dir = _run_dir(run, output_dir)
     if not funnel.doc_stages(run_dir):
         console.print(f"[red]no run with stage stats at {run_dir}[/red]")
         raise typer.Exit(2)
