@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenmill.pipeline import funnel, storage
+from tokenmill.training.metrics import loss_curve_png
 
 DOC_STAGES = ("read", "quality", "dedup", "quality_model")
-LM_EVAL_MISSING = "lm-eval not installed (pip install tokenmill[eval])"
 PACKAGES = ("tokenmill", "prefect", "ray", "deepspeed", "torch", "pyarrow", "tokenizers", "datasketch", "transformers", "lm-eval")
 ASSETS = "report_files"  # PNGs of report.md, beside it
 
@@ -140,25 +140,6 @@ def _bar_chart_png(labels: list[str], values: list[int], title: str, xlabel: str
         from matplotlib.ticker import MaxNLocator
 
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.2 clusters
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _training_curves_png(metrics: list[dict]) -> bytes:
-    """Loss (top) and learning rate (bottom) per step, from train/metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [m["step"] for m in metrics]
-    fig, (loss, lr) = plt.subplots(2, 1, figsize=(7, 5), dpi=100, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    loss.plot(steps, [m["loss"] for m in metrics], color="tab:blue")
-    loss.set(ylabel="train loss (nats/token)", title="training loss and learning rate")
-    loss.grid(alpha=0.3)
-    lr.plot(steps, [m["lr"] for m in metrics], color="tab:orange")
-    lr.set(xlabel="step", ylabel="learning rate")
-    lr.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 
@@ -291,7 +272,7 @@ def report_sections(run_dir: str) -> list[Section]:
                                 [[t["steps"], f"{t['tokens']:,}", f"{t['params']:,}", t.get("zero_stage", "-"), t.get("world_size", "-"),
                                   f"{t['final_loss']:.4f}", t["seconds"]]]))
         if metrics:
-            blocks.append(Image("training_curves.png", _training_curves_png(metrics), "training loss and learning rate per step"))
+            blocks.append(Image("training_curves.png", loss_curve_png(metrics), "training loss and learning rate per step"))
         sections.append(Section("Training", blocks))
 
     if "eval" in stats:
@@ -354,10 +335,6 @@ def render_markdown(run_dir: str, sections: list[Section]) -> tuple[str, dict[st
     return "\n".join(out), images
 
 
-def render_report(run_dir: str) -> str:
-    return render_markdown(run_dir, report_sections(run_dir))[0]
-
-
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f5f6f8}
 main{max-width:1100px;margin:0 auto;padding:24px 32px 64px;background:#fff}
@@ -411,17 +388,11 @@ def render_html(run_dir: str, sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def _write_if_changed(url: str, data: bytes) -> None:
-    """Left as it is when unchanged, so a rerun that changes nothing writes nothing."""
-    if not storage.exists(url) or storage.read_bytes(url) != data:
-        storage.write_bytes(url, data)
-
-
 def write_run_config(run_dir: str, config: dict) -> None:
     """<run>/config.yaml: the configuration the run was trained with."""
     import yaml
 
-    _write_if_changed(storage.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False).encode())
+    storage.write_if_changed(storage.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False).encode())
 
 
 def write_reports(run_dir: str) -> tuple[str, str]:
@@ -430,10 +401,10 @@ def write_reports(run_dir: str) -> tuple[str, str]:
     sections = report_sections(run_dir)
     markdown, images = render_markdown(run_dir, sections)
     for name, png in images.items():
-        _write_if_changed(storage.join(run_dir, ASSETS, name), png)
+        storage.write_if_changed(storage.join(run_dir, ASSETS, name), png)
     md_url, html_url = storage.join(run_dir, "report.md"), storage.join(run_dir, "report.html")
-    _write_if_changed(md_url, markdown.encode())
-    _write_if_changed(html_url, render_html(run_dir, sections).encode())
+    storage.write_if_changed(md_url, markdown.encode())
+    storage.write_if_changed(html_url, render_html(run_dir, sections).encode())
     return md_url, html_url
 
 

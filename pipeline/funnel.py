@@ -27,9 +27,7 @@ def doc_stages(run_dir: str) -> list[str]:
 
 
 def _source(run_dir: str, stage: str) -> str | None:
-    """The stage whose kept documents `stage` took in. quality always takes read's and records no source."""
-    if stage == "quality":
-        return "read"
+    """The stage whose kept documents `stage` took in, as its _config.json records it (read has none)."""
     url = storage.join(run_dir, stage, "_config.json")
     return storage.read_json(url).get("source") if storage.exists(url) else None
 
@@ -68,9 +66,7 @@ def funnel_markdown(rows: list[dict]) -> str:
 def write_funnel(run_dir: str, rows: list[dict]) -> str:
     """<run>/funnel.md; left as it is when unchanged, so a rerun that skips every stage writes nothing."""
     url = storage.join(run_dir, "funnel.md")
-    data = ("# Data funnel\n\n" + funnel_markdown(rows)).encode()
-    if not storage.exists(url) or storage.read_bytes(url) != data:
-        storage.write_bytes(url, data)
+    storage.write_if_changed(url, ("# Data funnel\n\n" + funnel_markdown(rows)).encode())
     return url
 
 

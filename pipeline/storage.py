@@ -74,6 +74,13 @@ def write_bytes(url: str, data: bytes) -> None:
     atomic_write(url, lambda f: f.write(data))
 
 
+def write_if_changed(url: str, data: bytes) -> None:
+    """write_bytes, but a file that already holds `data` is left as it is, so a rerun that changes
+    nothing writes nothing."""
+    if not exists(url) or read_bytes(url) != data:
+        write_bytes(url, data)
+
+
 def write_json(url: str, obj: Any) -> None:
     write_bytes(url, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 

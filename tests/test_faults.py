@@ -138,7 +138,7 @@ def test_sigterm_stops_the_run_its_training_job_and_its_prefect_server(train_tok
                                         "max_steps: 10000, threads_per_proc: 1, log_every: 1}\n")
     proc = subprocess.Popen([sys.executable, "-m", "tokenmill.flows.cli", "train", "--run-id", "t", "--output-dir", str(tmp_path / "runs"),
                              "--config", str(tmp_path / "slow.yaml")], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "TOKENMILL_STEP_DELAY_S": "0.5"}, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()

@@ -103,6 +103,4 @@ def resume(engine, ckpt_dir: Path, model_cfg: ModelConfig, batches, rank: int) -
     torch.set_rng_state(mine["rng"])
     if mine["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(mine["cuda_rng"])
-    if rank == 0:
-        print(f"resumed from {ckpt_dir / tag} at step {client['step']}", flush=True)
     return client["step"]

@@ -39,7 +39,7 @@ from .classifier import (
 )
 from .config import FinetuneConfig, ModelConfig
 from .data import RankBatches
-from .launch import run_module
+from .launch import emit, run_job_main, run_module
 from .model import Transformer
 from .train import consolidated_state, ds_config, init_distributed, param_groups
 
@@ -147,8 +147,8 @@ def train_variant(variant: str, job: dict, cfg: FinetuneConfig, data: dict, rank
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=config)
     device = engine.device
     if rank == 0:
-        print(f"model: {variant}, {sum(p.numel() for p in model.parameters()):,} params, {world} x {device.type} "
-              f"process(es), ZeRO-{cfg.zero_stage}, {max_steps} steps of {config['train_batch_size']} documents", flush=True)
+        emit("model", variant=variant, params=sum(p.numel() for p in model.parameters()), processes=world,
+             device=device.type, zero_stage=cfg.zero_stage, steps=max_steps, global_batch=config["train_batch_size"])
     started, loss_value = time.perf_counter(), None
     for step in range(1, max_steps + 1):
         take = batches.next()
@@ -162,7 +162,7 @@ def train_variant(variant: str, job: dict, cfg: FinetuneConfig, data: dict, rank
         torch.distributed.all_reduce(loss_avg)
         loss_value = loss_avg.item() / world
         if rank == 0 and (step % 10 == 0 or step in (1, max_steps)):
-            print(f"step {step}/{max_steps} [{variant}]  loss {loss_value:.4f}  lr {scheduler.get_last_lr()[0]:.2e}", flush=True)
+            emit("step", step=step, max_steps=max_steps, variant=variant, loss=loss_value, lr=scheduler.get_last_lr()[0])
     state = consolidated_state(engine, cfg.zero_stage, rank)  # every rank takes part under ZeRO-3
     if rank != 0:
         return {}
@@ -183,8 +183,7 @@ def main(job_path: str) -> None:
         data = {k: npz[k] for k in npz.files}
     results = {variant: train_variant(variant, job, cfg, data, rank, world) for variant in VARIANTS}
     if rank == 0:
-        storage.write_json(str(Path(job["out_dir"]) / "summary.json"), {"world_size": world, "zero_stage": cfg.zero_stage, **results})
-        print("done: " + json.dumps({v: {k: r[k] for k in ("steps", "final_loss", "seconds")} for v, r in results.items()}), flush=True)
+        emit("done", result={"world_size": world, "zero_stage": cfg.zero_stage, **results})
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
@@ -224,7 +223,7 @@ def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], Non
                                "meta": meta}, indent=2))
     on_line(f"fine-tune {cfg.task}: {len(train_idx)} train / {len(heldout_idx)} held-out documents, labels {task.labels}, "
             f"max_len {max_len}, {cfg.epochs} epochs")
-    summary = run_module("tokenmill.training.finetune", cfg.train_config(max_steps=1), job, str(out), "finetune.log", on_line)
+    summary = run_module("tokenmill.training.finetune", cfg, job, str(out), "finetune.log", on_line)
 
     y_heldout = y[heldout_idx]
     majority = int(np.bincount(y[train_idx], minlength=len(task.labels)).argmax())
@@ -253,4 +252,4 @@ def metrics_table(metrics: dict) -> list[str]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="job JSON written by run_finetune")
-    main(parser.parse_args().job)
+    run_job_main(main, parser.parse_args().job)

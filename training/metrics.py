@@ -6,7 +6,6 @@ import io
 import json
 from pathlib import Path
 
-import torch
 from tokenmill.pipeline.storage import write_bytes
 
 # Dense bf16 tensor-core peak (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
@@ -25,6 +24,8 @@ PEAK_BF16_FLOPS = {
 def peak_bf16_flops(device_name: str | None = None) -> float | None:
     """Peak bf16 FLOP/s of the CUDA device (None on CPU or an unknown GPU)."""
     if device_name is None:
+        import torch  # here: the train flow imports this module for its plots, and must not import torch
+
         if not torch.cuda.is_available():
             return None
         device_name = torch.cuda.get_device_name()

@@ -4,7 +4,7 @@ Launched by the train flow through torchrun (one node) or the DeepSpeed launcher
 same code runs on one CPU process, several GPUs or several nodes. JOB.json holds the TrainConfig
 plus the token shard and output directories; everything it writes lives in the output directory:
 checkpoints/ (DeepSpeed, resumed automatically), metrics.jsonl, tensorboard/, ds_config.json,
-model.safetensors.
+model.safetensors, summary.json. It reports to the launcher through `launch.emit` (see launch.py).
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from tokenmill.pipeline.contracts import load_manifest
 
-from .checkpoint import resume, save_checkpoint, save_weights
+from .checkpoint import latest_tag, resume, save_checkpoint, save_weights
 from .config import TrainConfig
 from .data import RankBatches, load_split
+from .launch import emit, run_job_main
 from .metrics import mfu, peak_bf16_flops, truncate_metrics
 from .model import Transformer
 
@@ -146,13 +147,12 @@ def main(job_path: str) -> None:
         (out_dir / "ds_config.json").write_text(json.dumps(config, indent=2))
         # Lines past the checkpoint were written by the run that was killed; they are recomputed now.
         truncate_metrics(out_dir / "metrics.jsonl", step)
-        print(f"model: {model_cfg.num_params():,} params, {world} x {device.type} process(es), ZeRO-{cfg.zero_stage}, "
-              f"{cfg.precision}, global batch {config['train_batch_size']} x {manifest['seq_len']} tokens", flush=True)
+        if step:
+            emit("resumed", checkpoint=str(ckpt_dir / latest_tag(ckpt_dir)), step=step)
+        emit("model", params=model_cfg.num_params(), processes=world, device=device.type, zero_stage=cfg.zero_stage,
+             precision=cfg.precision, global_batch=config["train_batch_size"], seq_len=manifest["seq_len"])
 
     tokens_per_step = config["train_batch_size"] * manifest["seq_len"]
-    # Slows each step down without changing what it computes: lets the kill/resume test (or a demo)
-    # stop a tiny run from outside while it is still running.
-    step_delay = float(os.environ.get("TOKENMILL_STEP_DELAY_S", "0"))
     peak_flops = peak_bf16_flops() if device.type == "cuda" else None
     metrics = open(out_dir / "metrics.jsonl", "a") if rank == 0 else None
     board = tensorboard_writer(out_dir / "tensorboard", step) if rank == 0 else None
@@ -196,10 +196,7 @@ def main(job_path: str) -> None:
             if step % cfg.log_every == 0 or step == cfg.max_steps or step == first_step + 1:
                 elapsed = time.perf_counter() - started
                 eta = elapsed / (step - first_step) * (cfg.max_steps - step)
-                print(f"step {step}/{cfg.max_steps}  loss {loss_value:.4f}  lr {last['lr']:.2e}  "
-                      f"grad_norm {last['grad_norm']:.3f}  {last['tokens_per_s']:,.0f} tok/s"
-                      + (f"  mfu {last['mfu']:.1%}" if peak_flops else "") + f"  eta {eta:.0f}s", flush=True)
-        time.sleep(step_delay)
+                emit("step", max_steps=cfg.max_steps, **last, eta_s=eta)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             save_checkpoint(engine, ckpt_dir, step, batches, config, model_cfg, cfg.keep_checkpoints, rank, world)
 
@@ -211,7 +208,7 @@ def main(job_path: str) -> None:
                    "seconds": round(time.perf_counter() - started, 2), "world_size": world, "zero_stage": cfg.zero_stage,
                    "params": model_cfg.num_params()}
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"done: {json.dumps(summary)}", flush=True)
+        emit("done", result=summary)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
@@ -219,4 +216,4 @@ def main(job_path: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="job JSON written by the train flow")
-    main(parser.parse_args().job)
+    run_job_main(main, parser.parse_args().job)
