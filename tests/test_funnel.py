@@ -18,7 +18,7 @@ def books(run_dir, name, docs_in, docs_kept, config=None):
 def test_stages_follow_their_sources_when_a_stage_rejects_nothing(tmp_path):
     # quality and dedup both take in 90 docs: the counts alone cannot tell which came first
     books(tmp_path, "read", 100, 90, {"inputs": ["a.jsonl"], "reader": {}})
-    books(tmp_path, "quality", 90, 90, {"quality": {}})
+    books(tmp_path, "quality", 90, 90, {"source": "read", "quality": {}})
     books(tmp_path, "dedup", 90, 80, {"source": "quality", "dedup": {}})
     books(tmp_path, "quality_model", 80, 80, {"source": "dedup", "quality_model": {}})
     (tmp_path / "tokens").mkdir()

@@ -9,8 +9,15 @@ def test_mfu_is_model_flops_over_the_gpu_peak():
     cfg = ModelConfig(**PRESETS["125m"], vocab_size=50304, seq_len=1024)
     # ~6 * 124M params + attention: ~0.85 GFLOP per token for a GPT-2-small-sized model
     assert 0.75e9 < cfg.flops_per_token() < 0.95e9
-    assert mfu(cfg.flops_per_token(), 500_000, 989e12) == pytest.approx(cfg.flops_per_token() * 5e5 / 989e12)
-    assert mfu(1e9, 1e3, None) is None
+    h100, a100 = peak_bf16_flops("NVIDIA H100 80GB HBM3"), peak_bf16_flops("NVIDIA A100-SXM4-80GB")
+    # 500k tokens/s is 427 TFLOP/s of the H100's 989; ~1.157M tokens/s would be all of it
+    assert mfu(cfg.flops_per_token(), 500_000, h100) == pytest.approx(0.432, abs=0.001)
+    assert mfu(cfg.flops_per_token(), 1_157_000, h100) == pytest.approx(1.0, abs=0.001)
+    # the same throughput is a larger share of the slower A100
+    assert mfu(cfg.flops_per_token(), 200_000, h100) == pytest.approx(0.173, abs=0.001)
+    assert mfu(cfg.flops_per_token(), 200_000, a100) == pytest.approx(0.548, abs=0.001)
+    assert peak_bf16_flops("NVIDIA L40S") == 362e12  # not the L4's peak, whose name it contains
+    assert mfu(1e9, 1e3, peak_bf16_flops("Some CPU")) is None
 
 
 def test_loss_curve_png_and_final_table():

@@ -10,10 +10,10 @@ from tokenmill.pipeline.storage import write_bytes
 
 # Dense bf16 tensor-core peak (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {
+    "GH200": 989e12,
     "H200": 989e12,
     "H100 PCIe": 756e12,
     "H100": 989e12,  # SXM
-    "GH200": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
     "A10G": 70e12,
