@@ -9,7 +9,7 @@ from tokenmill.training.evaluate import evaluate as evaluate_model
 from tokenmill.training.harness import evaluate_run as run_lm_eval
 
 from .config import RunConfig
-from .report import metric_rows, write_reports
+from .report import artifact_key, metric_rows, write_reports
 from .runtime import stage
 
 evaluate_task = task(evaluate_model, name="evaluate-model")
@@ -34,7 +34,7 @@ def evaluate(config: RunConfig, checkpoint: int | None = None) -> dict:
         return metrics
 
     metrics = stage(run_dir, name, run)
-    key = config.run_id.lower().replace("_", "-")
+    key = artifact_key(config.run_id)
     report = storage.read_bytes(storage.join(run_dir, "report.md")).decode()
     create_markdown_artifact(report, key=f"report-{key}", description=f"tokenmill run report ({run_dir}/report.html)")
     rows = metric_rows(run_dir)

@@ -9,7 +9,7 @@ from tokenmill.pipeline import storage
 from tokenmill.training.finetune import run_finetune
 
 from .config import RunConfig
-from .report import write_reports
+from .report import artifact_key, write_reports
 from .runtime import stage
 
 
@@ -54,8 +54,7 @@ def finetune(config: RunConfig) -> dict:
     stage(run_dir, f"finetune/{name}", job, config.finetune.model_dump(exclude={"in_run"}))
     metrics = storage.read_json(storage.join(out, "metrics.json"))
     summarize_tasks(run_dir)
-    key = f"finetune-{config.run_id}-{name}".lower().replace("_", "-")
-    create_table_artifact(metrics_rows(metrics), key="".join(c if c.isalnum() or c == "-" else "-" for c in key),
+    create_table_artifact(metrics_rows(metrics), key=artifact_key("finetune", config.run_id, name),
                           description=f"fine-tune {name}: held-out metrics ({metrics['heldout_docs']} documents, "
                           f"{metrics['train_docs']} trained on) of the pretrained model, the same model from random init "
                           "and the majority class")

@@ -24,6 +24,11 @@ PACKAGES = ("tokenmill", "prefect", "ray", "deepspeed", "torch", "pyarrow", "tok
 ASSETS = "report_files"  # PNGs of report.md, beside it
 
 
+def artifact_key(*parts: str) -> str:
+    """The parts, joined by dashes, as a Prefect artifact key: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())
+
+
 def load_stats(run_dir: str) -> dict[str, dict]:
     stats = {}
     for name in (*DOC_STAGES, "tokens", "train", "eval"):

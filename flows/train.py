@@ -12,7 +12,7 @@ from tokenmill.training import launch
 from tokenmill.training.metrics import final_table, loss_curve_png, read_metrics
 
 from .config import RunConfig
-from .report import write_run_config
+from .report import artifact_key, write_run_config
 from .runtime import stage
 
 
@@ -28,7 +28,7 @@ def publish_artifacts(config: RunConfig, summary: dict) -> None:
     train_dir = Path(config.run_dir) / "train"
     metrics = read_metrics(train_dir / "metrics.jsonl")
     png = (train_dir / "loss.png").read_bytes()
-    key = config.run_id.lower().replace("_", "-")
+    key = artifact_key(config.run_id)
     create_image_artifact("data:image/png;base64," + base64.b64encode(png).decode(), key=f"loss-curve-{key}",
                           description=f"training loss and learning rate per step ({train_dir / 'loss.png'})")
     create_table_artifact(final_table(summary, metrics), key=f"training-{key}", description="training job summary")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tokenmill.flows.cli import app
 from tokenmill.flows.config import RunConfig
-from tokenmill.flows.report import compare_rows, write_reports
+from tokenmill.flows.report import artifact_key, compare_rows, write_reports
 from tokenmill.training.config import EvalConfig
 from typer.testing import CliRunner
 
@@ -140,3 +140,11 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     shot = screenshot(run_dir / "report.html", tmp_path / "report.png", chromium=chromium)
     assert shot["png_bytes"] > 20_000 and shot["images"] == shot["images_decoded"] >= 1
     assert {"Summary", "Evaluation", "Samples", "Environment"} <= set(shot["headings"])
+
+
+def test_artifact_keys_are_ones_prefect_accepts():
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    key = artifact_key("finetune", "Run_1.2 final", "dclm-quality")
+    assert key == "finetune-run-1-2-final-dclm-quality"
+    ArtifactCreate(key=key, type="table", data=[])  # Prefect's own check: lowercase letters, digits, dashes
