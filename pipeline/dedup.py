@@ -60,16 +60,7 @@ EXACT = "dedup.exact"  # identical, after normalisation, to the kept document
 NEAR = "dedup.near"  # estimated Jaccard similarity >= threshold with a document of its cluster
 
 _U64 = np.uint64
-_M64 = (_U64(0xFF51AFD7ED558CCD), _U64(0xC4CEB9FE1A85EC53))  # MurmurHash3 fmix64 constants
 _BASE = _U64(0x9E3779B97F4A7C15)  # odd multiplier of the band hashes
-
-
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> _U64(33))
-    x = x * _M64[0]
-    x = x ^ (x >> _U64(33))
-    x = x * _M64[1]
-    return x ^ (x >> _U64(33))
 
 
 # ---- normalisation and shingles, over a whole batch (the loops are the compiled kernels of minhash.py) --
@@ -138,7 +129,7 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     acc = np.broadcast_to(np.arange(1, bands + 1, dtype=_U64), (len(sig), bands)).copy()
     for j in range(rows):
         acc = acc * _BASE + x[:, :, j]
-    return _fmix64(acc)
+    return kernels.fmix64(acc)
 
 
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:

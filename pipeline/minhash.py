@@ -254,13 +254,17 @@ def _put(cp, classes, out, k, doc_start, after_word, special):
     return k + word, word, special + (word & ((flags & NO_SPACE) != 0))
 
 
-@njit(inline="always")
-def _fmix64(x):
-    x ^= x >> _S33
-    x *= _M64A
-    x ^= x >> _S33
-    x *= _M64B
+def fmix64(x):
+    """MurmurHash3's 64-bit finalizer. Compiled (_fmix64), the kernels mix one uint64 with it; as plain
+    numpy, dedup's band hashes mix a whole uint64 array."""
+    x = x ^ (x >> _S33)
+    x = x * _M64A
+    x = x ^ (x >> _S33)
+    x = x * _M64B
     return x ^ (x >> _S33)
+
+
+_fmix64 = njit(inline="always")(fmix64)
 
 
 @njit(inline="always")
