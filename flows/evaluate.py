@@ -5,15 +5,33 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tokenmill.pipeline import storage
-from tokenmill.training.evaluate import evaluate as evaluate_model
-from tokenmill.training.harness import evaluate_run as run_lm_eval
+from tokenmill.training.config import EvalConfig
 
 from .config import RunConfig
 from .report import artifact_key, metric_rows, write_reports
 from .runtime import stage
 
-evaluate_task = task(evaluate_model, name="evaluate-model")
-lm_eval_task = task(run_lm_eval, name="lm-eval")
+
+# torch (and lm-eval's transformers) are imported in the tasks, where the work runs: importing the
+# flows (the CLI, a deployment) must not pay for them.
+@task(name="evaluate-model")
+def evaluate_task(train_dir: str, tokens_dir: str, cfg: EvalConfig, seed: int, step: int | None) -> dict:
+    from tokenmill.training.evaluate import evaluate
+
+    return evaluate(train_dir, tokens_dir, cfg, seed=seed, step=step)
+
+
+@task(name="lm-eval")
+def lm_eval_task(run_dir: str, cfg: EvalConfig, seed: int, step: int | None) -> dict:
+    from tokenmill.training.harness import evaluate_run
+
+    return evaluate_run(run_dir, cfg, seed=seed, step=step)
+
+
+def eval_settings(config: RunConfig) -> dict:
+    """What an eval stage's metrics depend on: the evaluate section (less `threads`, which only sets
+    how fast it runs) and the seed of its samples. The checkpoint evaluated is in the stage's name."""
+    return {"evaluate": config.evaluate.model_dump(exclude={"threads"}), "seed": config.train.seed}
 
 
 @flow(name="evaluate", log_prints=True)
@@ -33,7 +51,8 @@ def evaluate(config: RunConfig, checkpoint: int | None = None) -> dict:
         storage.mark_done(storage.join(run_dir, name))
         return metrics
 
-    metrics = stage(run_dir, name, run)
+    # A rerun with other evaluate settings is refused rather than answered with the old metrics.
+    metrics = stage(run_dir, name, run, eval_settings(config))
     key = artifact_key(config.run_id)
     report = storage.read_bytes(storage.join(run_dir, "report.md")).decode()
     create_markdown_artifact(report, key=f"report-{key}", description=f"tokenmill run report ({run_dir}/report.html)")

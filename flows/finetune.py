@@ -6,7 +6,6 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from tokenmill.pipeline import storage
-from tokenmill.training.finetune import run_finetune
 
 from .config import RunConfig
 from .report import artifact_key, write_reports
@@ -15,6 +14,8 @@ from .runtime import stage
 
 @task(name="deepspeed-finetune-job")
 def finetune_job(config: RunConfig) -> dict:
+    from tokenmill.training.finetune import run_finetune  # torch: imported where the job is prepared, not with the flow
+
     return run_finetune(config.finetune, config.run_dir, on_line=get_run_logger().info)
 
 

@@ -15,6 +15,19 @@ from .config import RunConfig
 from .report import artifact_key, write_run_config
 from .runtime import stage
 
+# How the job runs, not what it computes: changing them between attempts (more threads, a quieter log,
+# another checkpoint cadence) must neither refuse the resume of a killed train stage nor a rerun.
+RUN_ONLY = {"threads_per_proc", "log_every", "save_every", "keep_checkpoints"}
+
+
+def train_settings(config: RunConfig) -> dict:
+    """What the train stage's output depends on: the train section and the tokens it trains on (their
+    manifest names every shard and the tokenizer by sha256)."""
+    manifest = storage.join(config.run_dir, "tokens", "manifest.json")
+    if not storage.exists(manifest):
+        raise FileNotFoundError(f"{manifest} not found: curate first (tokenmill curate INPUTS --run-id {config.run_id})")
+    return {"train": config.train.model_dump(exclude=RUN_ONLY), "tokens_manifest_sha256": storage.sha256_file(manifest)}
+
 
 @task(name="deepspeed-job")
 def run_training_job(config: RunConfig) -> dict:
@@ -47,6 +60,7 @@ def train(config: RunConfig) -> dict:
         storage.mark_done(out_dir)
         return summary
 
-    summary = stage(config.run_dir, "train", job)
+    # A rerun with other settings (or other tokens) is refused rather than answered with the old model.
+    summary = stage(config.run_dir, "train", job, train_settings(config))
     publish_artifacts(config, summary)
     return summary

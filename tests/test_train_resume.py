@@ -70,3 +70,26 @@ def test_sigkilled_run_resumes_with_the_uninterrupted_loss_curve(stage, train_to
     assert (ckpts / "latest").read_text() == "step0000012"
     assert json.loads((ckpts / "step0000012" / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
 
+
+def test_a_finished_train_stage_rerun_with_another_lr_is_refused(trained_run, tiny_train_config, tmp_path):
+    """The train stage records its settings: a rerun of the run id with another train.lr is refused
+    instead of answered with the model trained under the old one; a change of how the job runs is not."""
+    import shutil
+
+    from tokenmill.flows.config import RunConfig
+    from tokenmill.flows.server import prefect_api
+    from tokenmill.flows.train import train
+    from tokenmill.pipeline.stages import ConfigChanged
+
+    src, run = trained_run(0), tmp_path / "r"
+    run.mkdir()
+    (run / "tokens").symlink_to((src / "tokens").resolve())
+    shutil.copytree(src / "train", run / "train")  # checkpoints up to the last step: the job resumes there, trains nothing
+    config = RunConfig(output_dir=str(tmp_path), run_id="r", train=tiny_train_config(0))
+    with prefect_api():
+        assert train(config)["steps"] == config.train.max_steps
+        other_lr = config.model_copy(update={"train": tiny_train_config(0, lr=1e-3)})
+        with pytest.raises(ConfigChanged, match=r"stage 'train' was started with other settings \(train\.lr: 0\.003 -> 0\.001\)"):
+            train(other_lr)
+        more_threads = config.model_copy(update={"train": tiny_train_config(0, threads_per_proc=2)})
+        assert train(more_threads)["skipped"]
