@@ -53,26 +53,25 @@ def truncate_metrics(path: str | Path, step: int) -> None:
         write_bytes(str(path), "".join(json.dumps(m) + "\n" for m in kept).encode())
 
 
-def loss_curve_png(metrics: list[dict], title: str = "training loss") -> bytes:
-    """The loss (and learning rate) per step as a PNG."""
+def loss_curve_png(metrics: list[dict], title: str = "training loss and learning rate") -> bytes:
+    """Loss (top) and learning rate (bottom) per step, from train/metrics.jsonl, as a PNG (the train
+    flow's artifact and the report's figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     steps = [m["step"] for m in metrics]
-    ax.plot(steps, [m["loss"] for m in metrics], color="tab:blue", label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    lr = ax.twinx()
-    lr.plot(steps, [m["lr"] for m in metrics], color="tab:orange", alpha=0.6, label="lr")
-    lr.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    fig, (loss, lr) = plt.subplots(2, 1, figsize=(7, 5), dpi=100, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    loss.plot(steps, [m["loss"] for m in metrics], color="tab:blue")
+    loss.set(ylabel="train loss (nats/token)", title=title)
+    loss.grid(alpha=0.3)
+    lr.plot(steps, [m["lr"] for m in metrics], color="tab:orange")
+    lr.set(xlabel="step", ylabel="learning rate")
+    lr.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same input, same bytes
     plt.close(fig)
     return buf.getvalue()
 
