@@ -14,7 +14,8 @@ from .runtime import stage
 
 @task(name="deepspeed-finetune-job")
 def finetune_job(config: RunConfig) -> dict:
-    from tokenmill.training.finetune import run_finetune  # torch: imported where the job is prepared, not with the flow
+    # torch: imported where the job is prepared, not with the flow
+    from tokenmill.training.finetune import run_finetune
 
     return run_finetune(config.finetune, config.run_dir, on_line=get_run_logger().info)
 

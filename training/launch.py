@@ -53,7 +53,7 @@ def run_job_main(main: Callable[[str], None], job_path: str) -> None:
     try:
         main(job_path)
     except Exception as e:
-        emit("error", rank=int(os.environ.get("RANK", 0)), message=f"{type(e).__name__}: {e}")
+        emit("error", rank=int(os.environ.get("RANK", "0")), message=f"{type(e).__name__}: {e}")
         raise
 
 
