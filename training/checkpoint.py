@@ -15,12 +15,15 @@ from .model import Transformer
 TIED = "lm_head.weight"
 
 
+def save_fp32(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """The tensors as fp32 safetensors, from own contiguous CPU copies: ZeRO keeps parameters as views
+    into flat buffers, which safetensors refuses to save."""
+    save_file({k: v.detach().float().cpu().clone().contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+
+
 def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
-    # Own, contiguous fp32 copies: ZeRO keeps parameters as views into flat buffers.
-    tensors = {k: v.detach().float().cpu().clone().contiguous() for k, v in state.items()
-               if not (cfg.tie_embeddings and k == TIED)}
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    save_fp32({k: v for k, v in state.items() if not (cfg.tie_embeddings and k == TIED)}, out_dir / "model.safetensors")
     (out_dir / "model_config.json").write_text(cfg.model_dump_json(indent=2))
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.contracts import CLASSIFIER_CONFIG, EOS
 
+from .checkpoint import save_fp32
 from .config import ModelConfig
 from .model import Transformer
 
@@ -78,8 +79,7 @@ def save_classifier(state: dict[str, torch.Tensor], out_dir: str | Path, meta: d
     """Weights (safetensors, fp32) and classifier.json: labels, max_len, pooling, the body's ModelConfig,
     the tokenizer file beside it and where the body was pretrained."""
     out_dir = Path(out_dir)
-    tensors = {k: v.detach().float().cpu().clone().contiguous() for k, v in state.items()}
-    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    save_fp32(state, out_dir / WEIGHTS)
     storage.write_json(str(out_dir / CLASSIFIER_CONFIG), meta)
 
 

@@ -13,10 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tokenmill.pipeline.contracts import EOS
 
-from .checkpoint import TIED, checkpoint_tag, latest_tag
+from .checkpoint import TIED, checkpoint_tag, latest_tag, save_fp32
 from .config import ModelConfig
 
 
@@ -61,7 +60,7 @@ def consolidate(ckpt_dir: str | Path, tag: str | None = None) -> tuple[dict[str,
 
 
 def hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our parameter names -> LlamaForCausalLM's (own contiguous copies; the tied head left out)."""
+    """Our parameter names -> LlamaForCausalLM's (the tied head left out)."""
     rename = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", TIED: TIED}
     block_parts = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "attn": "self_attn", "mlp": "mlp"}
     out = {}
@@ -73,7 +72,7 @@ def hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
             hf = f"model.layers.{i}.{block_parts[part]}.{rest}"
         else:
             hf = rename[name]
-        out[hf] = tensor.detach().float().cpu().clone().contiguous()
+        out[hf] = tensor
     return out
 
 
@@ -121,7 +120,7 @@ def write_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_path: s
         raise ValueError(f"{tokenizer_path} has no {EOS} token")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(hf_state_dict(state, cfg), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_fp32(hf_state_dict(state, cfg), out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(hf_config(cfg, eos_id), indent=2))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": eos_id, "eos_token_id": eos_id}, indent=2))
     shutil.copyfile(tokenizer_path, out / "tokenizer.json")
