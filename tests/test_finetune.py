@@ -3,11 +3,12 @@
 Unit tests: the stratified split, the metrics on a hand-counted example, bad labeled input. One
 integration test runs `tokenmill finetune` as a user does (real local Prefect server, a real
 2-process DeepSpeed job on CPU/gloo) on a separable toy task (WikiText paragraphs vs DCLM web pages),
-from the session's tiny pretrained model, then scores documents with the saved classifier through
-the curate flow's quality_model stage."""
+from the session's tiny pretrained model, then runs `tokenmill curate` on the toy documents with the
+saved classifier as its quality_model stage."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -16,10 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from helpers import REPO, write_jsonl
-from tokenmill.pipeline import storage
-from tokenmill.pipeline.config import QualityModelConfig
-from tokenmill.pipeline.contracts import docs_table
-from tokenmill.pipeline.stages import finish_stage
+from tokenmill.flows.server import start_server, stop_server
+from tokenmill.pipeline import funnel
 from tokenmill.training.finetune import (
     TASKS,
     classification_metrics,
@@ -81,10 +80,17 @@ def test_finetune_cli_then_the_quality_model_stage(trained_run, tmp_path):
     records = toy_task(tmp_path / "toy.jsonl")
     sets = ["finetune.data_file=" + str(tmp_path / "toy.jsonl"), "finetune.labels=[wiki, web]", "finetune.epochs=4",
             "finetune.micro_batch=4", "finetune.lr=1e-3", "finetune.nproc=2", "finetune.threads_per_proc=1"]
-    proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "finetune", str(run_dir), "--task", "toy",
-                           *(a for s in sets for a in ("--set", s))], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
+    api = start_server(home=str(tmp_path / "prefect-home"))  # one server for the fine-tune and the curate run
+    env = {**os.environ, "PREFECT_API_URL": api.url}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "finetune", str(run_dir), "--task", "toy",
+                               *(a for s in sets for a in ("--set", s))], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env=env)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-5000:]
+        curated = _curate_with_classifier(run_dir / "finetune" / "toy", records, tmp_path, env)
+    finally:
+        stop_server(api)
     assert "fine-tune toy: held-out 16 docs (trained on 64)" in out
 
     task_dir = run_dir / "finetune" / "toy"
@@ -106,27 +112,41 @@ def test_finetune_cli_then_the_quality_model_stage(trained_run, tmp_path):
     assert classifier["labels"] == ["wiki", "web"] and classifier["max_len"] == 32 and (task_dir / classifier["tokenizer"]).exists()
     assert (task_dir / "_SUCCESS").exists() and (run_dir / "report.md").exists()
 
-    # The saved classifier as curate's quality filter: score "web", threshold at the median score,
-    # so both outcomes occur; every document is kept or rejected with the reason, and the books balance.
+    # The saved classifier as curate's quality filter (threshold at the median score of the toy
+    # documents, so both outcomes occur): every document that dedup kept is scored and kept or
+    # rejected with the reason, the books balance, and the stage's scores are the classifier's.
     from tokenmill.training.classifier import Classifier
-    from tokenmill.training.quality_model import LOW_SCORE, STAGE, score_part
+    from tokenmill.training.quality_model import LOW_SCORE, STAGE
+
+    curate_dir, threshold = curated
+    assert funnel.doc_stages(str(curate_dir)) == ["read", "quality", "dedup", STAGE]
+    stats = json.loads((curate_dir / STAGE / "_stats.json").read_text())
+    kept, rejected = pq.read_table(curate_dir / STAGE), pq.read_table(curate_dir / "rejected" / STAGE)
+    assert stats["docs_in"] == json.loads((curate_dir / "dedup" / "_stats.json").read_text())["docs_kept"] > 0
+    assert stats["docs_in"] == kept.num_rows + rejected.num_rows and kept.num_rows == stats["docs_kept"]
+    assert stats["rejected"] == {LOW_SCORE: rejected.num_rows} and 0 < rejected.num_rows < stats["docs_in"]
+    assert min(kept["quality_score"].to_pylist()) >= threshold > max(rejected["quality_score"].to_pylist())
+    for table in (kept, rejected):  # the text as the quality stage left it
+        expected = Classifier(task_dir).proba(table["text"].to_pylist())[:, 1]
+        assert np.allclose(table["quality_score"].to_pylist(), expected, atol=1e-4)
+    manifest = json.loads((curate_dir / "tokens" / "manifest.json").read_text())
+    assert manifest["source_docs"] == stats["docs_kept"]
+
+
+def _curate_with_classifier(classifier, records: list[dict], tmp_path, env: dict):
+    """`tokenmill curate` of the toy documents with `classifier` as the quality_model stage, its
+    threshold the median of the classifier's scores of them: (run directory, threshold)."""
+    from tokenmill.training.classifier import Classifier
 
     texts = [r["text"] for r in records]
-    scores = Classifier(task_dir).proba(texts)[:, 1]
-    cfg = QualityModelConfig(classifier=str(task_dir), label="web", threshold=float(np.median(scores)))
-    curate_dir = str(tmp_path / "curate")
-    parts = []
-    for shard, chunk in enumerate((records[:50], records[50:])):
-        url = storage.join(curate_dir, "dedup", f"part-{shard:05d}.parquet")
-        storage.write_parquet(url, docs_table([{"id": f"d{shard}-{i}", "text": r["text"], "source": "toy"} for i, r in enumerate(chunk)]))
-        parts.append(score_part(url, curate_dir, cfg))
-    stats = finish_stage(curate_dir, STAGE, parts)  # raises unless docs in = kept + rejected
-    kept = pq.read_table(tmp_path / "curate" / STAGE)
-    rejected = pq.read_table(tmp_path / "curate" / "rejected" / STAGE)
-    assert stats["docs_in"] == 80 and kept.num_rows == stats["docs_kept"]
-    assert stats["rejected"] == {LOW_SCORE: rejected.num_rows} and 0 < rejected.num_rows < 80
-    assert min(kept["quality_score"].to_pylist()) >= cfg.threshold > max(rejected["quality_score"].to_pylist())
-    stored = dict(zip(kept["id"].to_pylist() + rejected["id"].to_pylist(),
-                      kept["quality_score"].to_pylist() + rejected["quality_score"].to_pylist()))
-    in_order = [stored[f"d{0 if i < 50 else 1}-{i if i < 50 else i - 50}"] for i in range(80)]
-    assert np.allclose(in_order, scores, atol=1e-4)  # the stage's scores are the classifier's
+    scores = Classifier(classifier).proba(texts)[:, 1]  # of "web"
+    threshold = float(np.median(scores))
+    write_jsonl(tmp_path / "toy-docs.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
+    sets = [f"curate.quality_model.classifier={classifier}", "curate.quality_model.label=web",
+            f"curate.quality_model.threshold={threshold}", "curate.tokenizer.vocab_size=300", "curate.tokens.seq_len=32",
+            "ray.num_cpus=2", "ray.dashboard=false"]
+    proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "curate", str(tmp_path / "toy-docs.jsonl"),
+                           "--run-id", "c", "--output-dir", str(tmp_path / "runs"), *(a for s in sets for a in ("--set", s))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return tmp_path / "runs" / "c", threshold
