@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from datasketch import MinHash, MinHashLSH
+
 from tokenmill.pipeline import dedup, storage
 from tokenmill.pipeline.config import BUNDLED_CORPUS, DedupConfig
 from tokenmill.pipeline.contracts import docs_table

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from datasketch import MinHash
 from dedup_quality import load_corpus  # sibling script: bench/ is on sys.path
+
 from tokenmill.pipeline import dedup, storage
 from tokenmill.pipeline.config import DedupConfig
 from tokenmill.pipeline.contracts import docs_table
@@ -249,9 +250,7 @@ def datatrove_bench(replicas: int) -> None:
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
-    from loguru import (
-        logger,  # datatrove logs every task's stats: keep the bench's output readable
-    )
+    from loguru import logger  # datatrove logs every task's stats: keep the bench's output readable
 
     logger.remove()
     bands, rows = dedup.lsh_params(CFG)

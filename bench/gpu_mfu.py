@@ -18,6 +18,7 @@ import sys
 import time
 
 import torch
+
 from tokenmill.training.config import PRESETS, ModelConfig, TrainConfig
 from tokenmill.training.metrics import mfu, peak_bf16_flops
 from tokenmill.training.model import Transformer

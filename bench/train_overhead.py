@@ -26,6 +26,7 @@ VARIANTS = ["plain", "zero0", "zero1", "zero2", "zero3"]
 def worker(args) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
+
     from tokenmill.training.config import TrainConfig
     from tokenmill.training.model import Transformer
     from tokenmill.training.train import ds_config, init_distributed, param_groups

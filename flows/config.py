@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
 from tokenmill.pipeline.config import CurateConfig
 from tokenmill.training.config import EvalConfig, FinetuneConfig, TrainConfig
 

@@ -9,14 +9,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+
 from tokenmill.pipeline import dedup, filters, funnel, readers, storage, tokenize
-from tokenmill.pipeline.stages import (
-    Step,
-    finish_stage,
-    part_step,
-    shard_of,
-    stage_parts,
-)
+from tokenmill.pipeline.stages import Step, finish_stage, part_step, shard_of, stage_parts
 from tokenmill.training import quality_model
 
 from .config import RunConfig

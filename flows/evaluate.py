@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
 from tokenmill.pipeline import storage
 from tokenmill.training.config import EvalConfig
 

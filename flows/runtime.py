@@ -7,13 +7,8 @@ from typing import Any, Callable
 
 from prefect import get_run_logger, task
 from prefect_ray import RayTaskRunner
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.stages import Step, check_stage_config
 

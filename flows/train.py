@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_table_artifact
+
 from tokenmill.pipeline import storage
 from tokenmill.training import launch
 from tokenmill.training.metrics import final_table, loss_curve_png, read_metrics

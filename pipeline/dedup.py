@@ -46,15 +46,7 @@ from . import minhash as kernels
 from . import storage
 from .config import DedupConfig
 from .minhash import NO_SPACE_SHARE
-from .stages import (
-    Step,
-    marker_url,
-    part_name,
-    part_step,
-    shard_of,
-    unit_name,
-    write_part,
-)
+from .stages import Step, marker_url, part_name, part_step, shard_of, unit_name, write_part
 
 EXACT = "dedup.exact"  # identical, after normalisation, to the kept document
 NEAR = "dedup.near"  # estimated Jaccard similarity >= threshold with a document of its cluster

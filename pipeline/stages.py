@@ -68,11 +68,6 @@ def finished(marker: str, outputs: Callable[[Any], Iterable[str]] = lambda resul
     return result if all(storage.exists(u) for u in outputs(result)) else None
 
 
-def finished_part(run_dir: str, stage: str, shard: int) -> dict | None:
-    """Stats of a part of a document stage finished by an earlier run whose parquet files are all there, else None."""
-    return finished(part_stats_url(run_dir, stage, shard), lambda stats: part_files(run_dir, stage, shard, stats))
-
-
 @dataclass(frozen=True)
 class Step:
     """`fn` mapped over `calls` (keyword arguments, one unit of work each). `marker(call)` is where a

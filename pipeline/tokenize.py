@@ -14,13 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from . import storage
 from .config import TokenizerConfig, TokensConfig
-from .contracts import (
-    EOS,
-    load_tokenizer,
-    save_manifest,
-    token_dtype,
-    write_token_shard,
-)
+from .contracts import EOS, load_tokenizer, save_manifest, token_dtype, write_token_shard
 from .stages import Step, marker_url, shard_of, unit_name
 
 

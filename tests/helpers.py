@@ -36,11 +36,7 @@ def make_tokens(out: Path, docs: list[dict], seq_len: int = 32, vocab_size: int 
     from tokenmill.pipeline import storage
     from tokenmill.pipeline.config import TokenizerConfig, TokensConfig
     from tokenmill.pipeline.contracts import docs_table
-    from tokenmill.pipeline.tokenize import (
-        tokenize_part,
-        train_tokenizer,
-        write_manifest,
-    )
+    from tokenmill.pipeline.tokenize import tokenize_part, train_tokenizer, write_manifest
 
     part = str(out.parent / "minhash" / "part-00000.parquet")
     rows = [{"id": f"doc{i}", "text": d["text"], "source": "s", "url": None, "meta": None} for i, d in enumerate(docs)]

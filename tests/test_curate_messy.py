@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from helpers import CORPUS, REPO, write_jsonl
+
 from tokenmill.flows.server import start_server, stop_server
 
 pytestmark = pytest.mark.slow

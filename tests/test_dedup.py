@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from datasketch import MinHash
+
 from tokenmill.pipeline import dedup, storage
 from tokenmill.pipeline.config import DedupConfig
 from tokenmill.pipeline.contracts import docs_table

@@ -11,6 +11,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from helpers import CORPUS, write_jsonl
+
 from tokenmill.flows.server import start_server, stop_server
 
 pytestmark = pytest.mark.slow

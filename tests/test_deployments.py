@@ -13,6 +13,7 @@ import sys
 
 import pytest
 from helpers import write_jsonl
+
 from tokenmill.flows.server import start_server, stop_server
 
 pytestmark = pytest.mark.slow

@@ -12,11 +12,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from tokenmill.flows.cli import app
 from tokenmill.flows.config import RunConfig
 from tokenmill.flows.report import artifact_key, compare_rows, write_reports
 from tokenmill.training.config import EvalConfig
-from typer.testing import CliRunner
 
 pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra; pip install -e '.[dev]'")
 

@@ -2,10 +2,11 @@
 transformers loads and that computes the same logits as our model."""
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from tokenmill.flows.cli import app
 from tokenmill.training.checkpoint import load_model
 from tokenmill.training.export import consolidate
-from typer.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")
 

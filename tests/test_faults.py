@@ -10,6 +10,7 @@ import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 from helpers import CORPUS
+
 from tokenmill.flows.config import load_config
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import ReaderConfig
@@ -83,6 +84,7 @@ def test_ray_worker_killed_mid_task_is_retried_with_identical_output(tmp_path):
 
     import psutil
     from helpers import curated_files
+
     from tokenmill.flows.server import start_server, stop_server
 
     # One big part (the crawl sample 3 times, ids made unique) so a quality task runs for seconds.

@@ -1,4 +1,5 @@
 import pytest
+
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import (
     C4Config,

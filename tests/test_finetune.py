@@ -17,14 +17,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from helpers import REPO, write_jsonl
+
 from tokenmill.flows.server import start_server, stop_server
 from tokenmill.pipeline import funnel
-from tokenmill.training.finetune import (
-    TASKS,
-    classification_metrics,
-    load_labeled,
-    stratified_split,
-)
+from tokenmill.training.finetune import TASKS, classification_metrics, load_labeled, stratified_split
 
 DCLM = TASKS["dclm-quality"]
 WIKI = REPO / "training" / "data" / "heldout" / "wikitext2_valid_head.txt"

@@ -1,4 +1,5 @@
 import pytest
+
 from tokenmill.training.config import PRESETS, ModelConfig
 from tokenmill.training.metrics import final_table, loss_curve_png, mfu, peak_bf16_flops
 

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from tokenmill.training.checkpoint import load_model, save_weights
 from tokenmill.training.config import PRESETS, ModelConfig
 from tokenmill.training.model import Transformer

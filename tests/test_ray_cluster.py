@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tokenmill.flows.server import free_port
 
 pytestmark = pytest.mark.slow

@@ -7,15 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from helpers import write_jsonl
+
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import ReaderConfig
-from tokenmill.pipeline.readers import (
-    expand_inputs,
-    plan_shards,
-    read_file,
-    read_jsonl,
-    read_records,
-)
+from tokenmill.pipeline.readers import expand_inputs, plan_shards, read_file, read_jsonl, read_records
 from tokenmill.pipeline.stages import part_step
 
 WARC_DIR = Path(__file__).parent / "data" / "warc"

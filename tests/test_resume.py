@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 from helpers import write_jsonl
+
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import ReaderConfig
 from tokenmill.pipeline.readers import read_file
-from tokenmill.pipeline.stages import (
-    ConfigChanged,
-    check_stage_config,
-    finished_part,
-    part_step,
-)
+from tokenmill.pipeline.stages import ConfigChanged, Step, check_stage_config, marker_url, part_step
 
 
 def test_a_part_is_done_only_with_its_stats_file_and_outputs(tmp_path):
@@ -20,11 +16,30 @@ def test_a_part_is_done_only_with_its_stats_file_and_outputs(tmp_path):
     run = str(tmp_path / "run")
     step = part_step("read", read_file, [dict(url=str(path), shard=0, run_dir=run, cfg=ReaderConfig())], run, "read",
                      lambda call: call["shard"])
-    assert finished_part(run, "read", 0) is None and step.done(step.calls[0]) is None
+    [call] = step.calls
+    assert step.done(call) is None
     [stats] = step.run_serially()  # the task commits the part's stats as its marker
-    assert finished_part(run, "read", 0) == stats  # the marker holds what the task returned, errors and source too
+    assert step.done(call) == stats  # the marker holds what the task returned, errors and source too
     (tmp_path / "run" / "rejected" / "read" / "part-00000.parquet").unlink()
-    assert finished_part(run, "read", 0) is None  # an output has gone missing: redo the part
+    assert step.done(call) is None  # an output has gone missing: redo the part
+
+
+def test_a_step_commits_each_call_and_a_rerun_redoes_only_what_is_missing(tmp_path):
+    ran = []
+
+    def work(name: str, out_dir: str) -> dict:
+        ran.append(name)
+        storage.write_bytes(f"{out_dir}/{name}.txt", name.encode())
+        return {"file": f"{name}.txt"}
+
+    out = str(tmp_path)
+    step = Step("work", work, [dict(name=n, out_dir=out) for n in ("a", "b", "c")],
+                marker=lambda call: marker_url(out, call["name"]), outputs=lambda call, result: [f"{out}/{result['file']}"])
+    first = step.run_serially()
+    assert storage.read_json(f"{out}/_parts/b.json") == {"file": "b.txt"}  # written by the unit itself
+    (tmp_path / "b.txt").unlink()  # an output lost
+    (tmp_path / "_parts" / "c.json").unlink()  # a call killed before its commit
+    assert step.run_serially() == first and ran == ["a", "b", "c", "b", "c"]
 
 
 def test_other_settings_for_a_started_stage_are_refused_naming_the_difference(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import CORPUS
+
 from tokenmill.flows.server import free_port
 
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ import sys
 
 import psutil
 import pytest
+
 from tokenmill.flows.server import start_server, stop_server
 
 

@@ -4,22 +4,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
+
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import TokenizerConfig, TokensConfig
 from tokenmill.pipeline.contracts import docs_table
-from tokenmill.pipeline.tokenize import (
-    EOS,
-    load_tokenizer,
-    tokenize_part,
-    train_tokenizer,
-    write_manifest,
-)
-from tokenmill.training.data import (
-    ManifestError,
-    RankBatches,
-    load_manifest,
-    load_split,
-)
+from tokenmill.pipeline.tokenize import EOS, load_tokenizer, tokenize_part, train_tokenizer, write_manifest
+from tokenmill.training.data import ManifestError, RankBatches, load_manifest, load_split
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ import json
 import shutil
 
 import pytest
+
 from tokenmill.training.config import TrainConfig
 from tokenmill.training.launch import JobFailed, command, run_job
 from tokenmill.training.train import ds_config

@@ -6,14 +6,9 @@ import signal
 import subprocess
 
 import pytest
+
 from tokenmill.training.config import TrainConfig
-from tokenmill.training.launch import (
-    command,
-    environment,
-    parse_event,
-    run_job,
-    write_job,
-)
+from tokenmill.training.launch import command, environment, parse_event, run_job, write_job
 
 
 def metrics(train_dir) -> list[dict]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
 from tokenmill.pipeline import storage
 
 from .config import ModelConfig

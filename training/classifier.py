@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
+
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.contracts import CLASSIFIER_CONFIG, EOS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from tokenmill.pipeline.contracts import ManifestError, load_manifest, read_token_shard
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+
 from tokenmill.pipeline.contracts import EOS, load_manifest, load_tokenizer
 
 from .checkpoint import checkpoint_tag, load_model, model_from_state

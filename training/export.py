@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
 from tokenmill.pipeline.contracts import EOS
 
 from .checkpoint import TIED, checkpoint_tag, latest_tag, save_fp32
@@ -49,9 +50,7 @@ def consolidate(ckpt_dir: str | Path, tag: str | None = None) -> tuple[dict[str,
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     with _weights_only_loads():
         if list((ckpt_dir / tag).glob("*zero_pp_rank_*_optim_states.pt")):  # ZeRO 1-3, or bf16 master weights
-            from deepspeed.utils.zero_to_fp32 import (
-                get_fp32_state_dict_from_zero_checkpoint,
-            )
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
         else:  # ZeRO-0 fp32: the module's own weights are the master weights

@@ -26,17 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from tokenmill.pipeline import storage
-from tokenmill.pipeline.contracts import load_manifest
+from tokenmill.pipeline.contracts import load_manifest, load_tokenizer
 
 from .checkpoint import load_model
-from .classifier import (
-    TOKENIZER,
-    SequenceClassifier,
-    encode,
-    predict_proba,
-    save_classifier,
-)
+from .classifier import TOKENIZER, SequenceClassifier, encode, predict_proba, save_classifier
 from .config import FinetuneConfig, ModelConfig
 from .data import RankBatches
 from .launch import emit, run_job_main, run_module
@@ -209,8 +204,6 @@ def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], Non
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_file = tokens_dir / load_manifest(tokens_dir)["tokenizer"]
     shutil.copyfile(tokenizer_file, out / TOKENIZER)  # the classifier directory scores text on its own
-    from tokenmill.pipeline.contracts import load_tokenizer
-
     ids, lengths = encode(load_tokenizer(str(tokenizer_file)), texts, max_len)
     np.savez(out / "data.npz", train_ids=ids[train_idx], train_lengths=lengths[train_idx], train_labels=y[train_idx],
              heldout_ids=ids[heldout_idx], heldout_lengths=lengths[heldout_idx], heldout_labels=y[heldout_idx])

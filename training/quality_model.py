@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import QualityModelConfig
 from tokenmill.pipeline.contracts import CLASSIFIER_CONFIG
@@ -36,9 +37,7 @@ def score_label(cfg: QualityModelConfig) -> tuple[str, list[str]]:
 
 @functools.lru_cache(maxsize=2)  # a Ray worker scoring several parts loads the classifier once
 def _classifier(directory: str):
-    from .classifier import (
-        Classifier,  # torch: imported where a part is scored, not by the curate flow
-    )
+    from .classifier import Classifier  # torch: imported where a part is scored, not by the curate flow
 
     return Classifier(directory)
 

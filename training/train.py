@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from tokenmill.pipeline.contracts import load_manifest
 
 from .checkpoint import latest_tag, resume, save_checkpoint, save_weights
