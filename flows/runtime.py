@@ -71,6 +71,9 @@ def stage(run_dir: str, name: str, fn: Callable[[], dict], settings: dict | None
         stats = storage.read_json(storage.join(stage_dir, "_stats.json"))
         return {**stats, "skipped": True}
     stats = fn()
+    # Every unit is done: a temporary left is a writer's that an earlier, killed run interrupted.
+    for directory in (stage_dir, storage.join(run_dir, "rejected", name)):
+        storage.remove_temporaries(directory)
     counts = {k: stats[k] for k in ("docs_in", "docs_kept", "docs_rejected") if k in stats}
     logger.info("stage %s: %s", name, counts or stats)
     return {**stats, "skipped": False}

@@ -64,6 +64,16 @@ def atomic_write(url: str, write) -> None:
         raise
 
 
+def remove_temporaries(url: str) -> int:
+    """Remove the temporaries of writers that were killed mid-write anywhere under `url` (a rerun
+    writes the file again under a new name); returns how many there were."""
+    fs, path = fs_path(url)
+    stale = fs.glob(posixpath.join(path, "**", ".tmp-*")) if fs.exists(path) else []
+    for tmp in stale:
+        fs.rm(tmp)
+    return len(stale)
+
+
 def remove_tree(url: str) -> None:
     fs, path = fs_path(url)
     if fs.exists(path):

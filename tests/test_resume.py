@@ -52,3 +52,18 @@ def test_other_settings_for_a_started_stage_are_refused_naming_the_difference(tm
     with pytest.raises(ConfigChanged, match=r"stage 'quality' was started with other settings "
                                             r"\(quality\.gopher\.min_words: 50 -> 10\)\. Use a new run id"):
         check_stage_config(run, "quality", changed)
+
+
+def test_the_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    import pyarrow as pa
+
+    kept = storage.ParquetAppender(str(tmp_path / "quality" / "part-00000.parquet"), pa.schema([("x", pa.int64())]))
+    kept.write(pa.table({"x": [1]}))
+    kept.commit()
+    killed = storage.ParquetAppender(str(tmp_path / "quality" / "part-00001.parquet"), pa.schema([("x", pa.int64())]))
+    killed.write(pa.table({"x": [2]}))  # the process dies here: no commit, no abort
+    storage.write_json(str(tmp_path / "quality" / "_parts" / "part-00000.json"), {})
+    assert [p.name.startswith(".tmp-") for p in (tmp_path / "quality").iterdir() if p.is_file()].count(True) == 1
+    assert storage.remove_temporaries(str(tmp_path / "quality")) == 1
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "quality/_parts/part-00000.json", "quality/part-00000.parquet"]
