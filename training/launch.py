@@ -49,12 +49,20 @@ def emit(kind: str, **payload) -> None:
 
 def run_job_main(main: Callable[[str], None], job_path: str) -> None:
     """Run a job's main; an exception is reported as an `error` event (its traceback still goes to
-    the log), so the launcher names the cause instead of guessing it from the last lines."""
+    the log), so the launcher names the cause instead of guessing it from the last lines.
+
+    A main that returned has written everything and destroyed its process group; the process then
+    leaves without the interpreter's teardown, where a native thread that torch or DeepSpeed left
+    behind can abort it ("terminate called without an active exception", seen on a ZeRO-3 CPU rank
+    after its `done`), failing a job whose work is complete."""
     try:
         main(job_path)
     except Exception as e:
         emit("error", rank=int(os.environ.get("RANK", "0")), message=f"{type(e).__name__}: {e}")
         raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def parse_event(line: str) -> dict | None:

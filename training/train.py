@@ -203,6 +203,7 @@ def main(job_path: str) -> None:
 
     state = consolidated_state(engine, cfg.zero_stage, rank)
     if rank == 0:
+        metrics.close()
         board.close()
         save_weights(state, model_cfg, out_dir)
         summary = {"steps": step, "final_loss": last["loss"] if last else None, "tokens": step * tokens_per_step,
