@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from tokenmill.pipeline import dedup, filters, funnel, readers, storage, tokenize
+from tokenmill.pipeline.contracts import TOKENIZER
 from tokenmill.pipeline.stages import Step, finish_stage, part_step, shard_of, stage_parts
 from tokenmill.training import quality_model
 
@@ -79,7 +80,7 @@ def tokens_stage(config: RunConfig, source: str) -> dict:
     tok = run(train)[0]
     shards = [s for part in run(shard) for s in part]
     docs = storage.read_json(storage.join(run_dir, source, "_stats.json"))["docs_kept"]
-    manifest = tokenize.write_manifest(out, storage.join(out, "tokenizer.json"), shards, cfg.tokens, docs)
+    manifest = tokenize.write_manifest(out, storage.join(out, TOKENIZER), shards, cfg.tokens, docs)
     stats = {"stage": "tokens", "tokenizer": tok, **manifest["totals"], "source_docs": docs}
     storage.write_json(storage.join(out, "_stats.json"), stats)
     storage.mark_done(out)

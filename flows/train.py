@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_table_artifact
 
 from tokenmill.pipeline import storage
+from tokenmill.pipeline.contracts import MANIFEST
 from tokenmill.training import launch
 from tokenmill.training.metrics import final_table, loss_curve_png, read_metrics
 
@@ -24,7 +25,7 @@ RUN_ONLY = {"threads_per_proc", "log_every", "save_every", "keep_checkpoints"}
 def train_settings(config: RunConfig) -> dict:
     """What the train stage's output depends on: the train section and the tokens it trains on (their
     manifest names every shard and the tokenizer by sha256)."""
-    manifest = storage.join(config.run_dir, "tokens", "manifest.json")
+    manifest = storage.join(config.run_dir, "tokens", MANIFEST)
     if not storage.exists(manifest):
         raise FileNotFoundError(f"{manifest} not found: curate first (tokenmill curate INPUTS --run-id {config.run_id})")
     return {"train": config.train.model_dump(exclude=RUN_ONLY), "tokens_manifest_sha256": storage.sha256_file(manifest)}

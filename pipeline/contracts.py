@@ -67,6 +67,7 @@ def rejected_table(docs: pa.Table, reasons: list[str], duplicate_of: list[str | 
 
 EOS = "<|endoftext|>"  # the tokenizer's only special token: ends every document, pads nothing
 MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"  # in the tokens directory, as the manifest names it
 TOKENS = "tokens"  # the shards' one column
 CLASSIFIER_CONFIG = "classifier.json"
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SUCCESS = "_SUCCESS"
+TEMPORARY = ".tmp-"  # the prefix of a file being written (never listed as a part)
 
 
 def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -40,7 +41,7 @@ def makedirs(url: str) -> None:
 
 def _temporary(path: str) -> str:
     """Where `path` is written before it is renamed into place: a hidden name beside it, never listed as a part."""
-    return posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    return posixpath.join(posixpath.dirname(path), f"{TEMPORARY}{uuid.uuid4().hex}-{posixpath.basename(path)}")
 
 
 def _cannot_write(url: str, e: OSError) -> OSError:
@@ -68,7 +69,7 @@ def remove_temporaries(url: str) -> int:
     """Remove the temporaries of writers that were killed mid-write anywhere under `url` (a rerun
     writes the file again under a new name); returns how many there were."""
     fs, path = fs_path(url)
-    stale = fs.glob(posixpath.join(path, "**", ".tmp-*")) if fs.exists(path) else []
+    stale = fs.glob(posixpath.join(path, "**", TEMPORARY + "*")) if fs.exists(path) else []
     for tmp in stale:
         fs.rm(tmp)
     return len(stale)

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from . import storage
 from .config import TokenizerConfig, TokensConfig
-from .contracts import EOS, load_tokenizer, save_manifest, token_dtype, write_token_shard
+from .contracts import EOS, TOKENIZER, load_tokenizer, save_manifest, token_dtype, write_token_shard
 from .stages import Step, marker_url, shard_of, unit_name
 
 
@@ -76,7 +76,7 @@ def write_manifest(out_dir: str, tokenizer_url: str, shards: list[dict], cfg: To
     tokenizer = load_tokenizer(tokenizer_url)
     shards = sorted(shards, key=lambda s: s["file"])
     manifest = {
-        "tokenizer": "tokenizer.json",
+        "tokenizer": TOKENIZER,
         "tokenizer_sha256": storage.sha256_file(tokenizer_url),
         "vocab_size": tokenizer.get_vocab_size(),
         "eos_id": tokenizer.token_to_id(EOS),
@@ -103,7 +103,7 @@ def write_manifest(out_dir: str, tokenizer_url: str, shards: list[dict], cfg: To
 
 def steps(part_urls: list[str], out_dir: str, tokenizer: TokenizerConfig, tokens: TokensConfig) -> tuple[Step, Step]:
     """The tokens stage's two steps: train the tokenizer (once, on every part), then tokenize each part."""
-    tokenizer_url = storage.join(out_dir, "tokenizer.json")
+    tokenizer_url = storage.join(out_dir, TOKENIZER)
     train = Step("train-tokenizer", train_tokenizer, [dict(part_urls=part_urls, out_url=tokenizer_url, cfg=tokenizer)],
                  marker=lambda call: marker_url(out_dir, "train-tokenizer"), outputs=lambda call, result: [tokenizer_url])
     shard = Step("tokenize", tokenize_part,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tokenmill.pipeline.contracts import EOS
+from tokenmill.pipeline.contracts import EOS, MANIFEST
 
 from .checkpoint import TIED, checkpoint_tag, latest_tag, save_fp32
 from .config import ModelConfig
@@ -132,7 +132,7 @@ def write_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_path: s
 
 
 def run_tokenizer(run_dir: str | Path) -> Path:
-    manifest = Path(run_dir) / "tokens" / "manifest.json"
+    manifest = Path(run_dir) / "tokens" / MANIFEST
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest} not found: {run_dir} is not a curated run directory")
     return Path(run_dir) / "tokens" / json.loads(manifest.read_text())["tokenizer"]
