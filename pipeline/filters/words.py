@@ -47,73 +47,117 @@ _CLITICS = frozenset(_CLITIC_BASES.split())
 _TIME = re.compile(r"(1[0-2]|[1-9])(a\.m\.|p\.m\.|am|pm)")
 
 
-def _special(s: str) -> list[str] | None:
-    if s in _ABBREVIATIONS:
-        return [s]
-    if s in _SPECIAL:
-        return _SPECIAL[s]
-    if "'" in s or "’" in s:
-        m = _CONTRACTION.fullmatch(s)
-        if m and m.group(1).isalpha() and (m.group(2)[0] in "nN" or m.group(1).lower() in _CLITICS):
-            return [m.group(1), m.group(2)]
-    elif s[:1].isdigit():
-        m = _TIME.fullmatch(s)
+_MAX_SPECIAL = max(map(len, (*_SPECIAL, *_ABBREVIATIONS)))
+_CONTRACTION_ENDS = tuple(a + e for a in "'’" for e in ("re", "ll", "ve", "d", "m", "RE", "LL", "VE", "D", "M")) + (
+    "n't", "n’t")
+_URL_NO_USER = re.compile(_URL.pattern.replace(r"(?:\S+(?::\S*)?@)?", "", 1))
+
+
+class _Chunk:
+    """One whitespace-free chunk being peeled, as indices [i, j) into it. Every check here costs
+    O(1) or is paid once per chunk, so a chunk of n characters costs O(n), not O(n²) as slicing
+    and re-scanning the remainder after each peeled character would (a run of 20,000 "§" took 19 s)."""
+
+    def __init__(self, s: str):
+        self.s, self.i, self.j = s, 0, len(s)
+        self._nonalpha = -1  # the first position >= some earlier i that is not a letter (memo)
+
+    def letters(self, i: int, j: int) -> bool:
+        """s[i:j].isalpha(), amortised O(1): the first non-letter is remembered as i only grows."""
+        if i >= j:
+            return False
+        if self._nonalpha < i:
+            k, s = i, self.s
+            while k < len(s) and s[k].isalpha():
+                k += 1
+            self._nonalpha = k
+        return self._nonalpha >= j
+
+    def special(self, i: int, j: int) -> list[str] | None:
+        s, n = self.s, j - i
+        if n <= _MAX_SPECIAL:
+            w = s[i:j]
+            if w in _ABBREVIATIONS:
+                return [w]
+            if w in _SPECIAL:
+                return _SPECIAL[w]
+        for end in _CONTRACTION_ENDS:
+            if s.endswith(end, i, j):
+                k = j - len(end)  # the lazy "(.+?)" of the contraction pattern leaves the one ending that fits
+                if (end[0] == "n" or (k - i <= 6 and s[i:k].lower() in _CLITICS)) and self.letters(i, k):
+                    return [s[i:k], s[k:j]]
+                return None
+        if 0 < n <= 6 and s[i].isdigit():
+            m = _TIME.fullmatch(s, i, j)
+            if m:
+                return [m.group(1), m.group(2)]
+        return None
+
+    def suffix_len(self, i: int, j: int) -> int:
+        s = self.s
+        # Every suffix but a run of dots is at most 5 characters: search the last 6, then extend a run of dots.
+        m = _SUFFIX.search(s, max(i, j - 6), j)
         if m:
-            return [m.group(1), m.group(2)]
-    return None
+            start = m.start()
+            if s[start] == ".":
+                while start > i and s[start - 1] == ".":
+                    start -= 1
+            return j - start
+        if j - i > 1 and s[j - 1] == ".":  # a final period, unless it ends an abbreviation like "U.S." or "W."
+            c = s[j - 2]
+            if c.isdigit() or (c.isalpha() and not c.isupper()) or c in "%²-+" or c in _PUNCT or c in _QUOTES or (
+                    j - i > 2 and c.isupper() and s[j - 3].isupper()):
+                return 1
+        return 0
 
 
-def _suffix_len(s: str) -> int:
-    m = _SUFFIX.search(s)
-    if m:
-        return len(s) - m.start()
-    if s.endswith(".") and len(s) > 1:  # a final period, unless it ends an abbreviation like "U.S." or "W."
-        c = s[-2]
-        if c.isdigit() or (c.isalpha() and not c.isupper()) or c in "%²-+" or c in _PUNCT or c in _QUOTES or (
-                len(s) > 2 and c.isupper() and s[-3].isupper()):
-            return 1
-    return 0
+def _is_url(s: str) -> bool:
+    # "user:password@" can only match with an "@"; without one, the pattern without that group decides
+    # (its backtracking over "\S+" is quadratic on runs such as "a:a:a:...").
+    return bool((_URL if "@" in s else _URL_NO_USER).fullmatch(s))
 
 
 def _split_chunk(s: str, out: list[str]) -> None:
-    special = _special(s)
+    c = _Chunk(s)
+    special = c.special(0, len(s))
     if special:
         out.extend(special)
         return
     prefixes: list[str] = []
     suffixes: list[str] = []
-    last = -1
-    while s and len(s) != last:
-        if _special(s) is not None:
+    i, j, last = 0, len(s), -1
+    while i < j and j - i != last:
+        if c.special(i, j) is not None:
             break
-        last = len(s)
-        m = _PREFIX.match(s)
-        pre = m.end() if m else 0
-        if pre and _special(s[pre:]) is not None:
-            prefixes.append(s[:pre])
-            s = s[pre:]
+        last = j - i
+        m = _PREFIX.match(s, i, j)
+        pre = m.end() - i if m else 0
+        if pre and c.special(i + pre, j) is not None:
+            prefixes.append(s[i:i + pre])
+            i += pre
             break
-        suf = _suffix_len(s[pre:])
-        if suf and _special(s[:-suf]) is not None:
-            suffixes.append(s[-suf:])
-            s = s[:-suf]
+        suf = c.suffix_len(i + pre, j)
+        if suf and c.special(i, j - suf) is not None:
+            suffixes.append(s[j - suf:j])
+            j -= suf
             break
-        if pre and suf and pre + suf <= len(s):
-            prefixes.append(s[:pre])
-            suffixes.append(s[-suf:])
-            s = s[pre:-suf]
+        if pre and suf and pre + suf <= j - i:
+            prefixes.append(s[i:i + pre])
+            suffixes.append(s[j - suf:j])
+            i, j = i + pre, j - suf
         elif pre:
-            prefixes.append(s[:pre])
-            s = s[pre:]
+            prefixes.append(s[i:i + pre])
+            i += pre
         elif suf:
-            suffixes.append(s[-suf:])
-            s = s[:-suf]
+            suffixes.append(s[j - suf:j])
+            j -= suf
     out.extend(prefixes)
-    if s:
-        special = _special(s)
+    if i < j:
+        special = c.special(i, j)
+        s = s[i:j]
         if special:
             out.extend(special)
-        elif _URL.fullmatch(s):
+        elif _is_url(s):
             out.append(s)
         else:
             start = 0
