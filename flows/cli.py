@@ -57,14 +57,6 @@ def _run_dir(run: str, output_dir: str | None) -> str:
     return load_config(output_dir=output_dir, run_id=run).run_dir
 
 
-def keep_local_ray_on_loopback(cfg: RunConfig) -> None:
-    """A Ray started here binds every interface unless it takes itself for a one-machine install;
-    this switch (read when ray is imported) makes all its servers listen on 127.0.0.1 only. Not for
-    --ray-address: a driver of a multi-node cluster must advertise a reachable IP."""
-    if cfg.ray.address is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
 def _exit_on_sigterm(signum, frame):
     # Prefect marks the flow run crashed on SIGTERM, then hands the signal back to the handler it
     # found: exiting through an exception (not the default instant death) lets the `with` blocks
@@ -77,7 +69,6 @@ def _execute(cfg: RunConfig, flow_name: str, **flow_args) -> dict:
 
     from .server import prefect_api
 
-    keep_local_ray_on_loopback(cfg)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     with prefect_api(cfg.prefect.host, cfg.prefect.keep_server, cfg.prefect.startup_timeout_s) as api:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections import deque
 from typing import Any, Callable
 
@@ -14,17 +15,49 @@ from tokenmill.pipeline.stages import Step, check_stage_config
 
 from .config import RayConfig
 
-# Environment the Ray workers need to reach the same Prefect API and stay out of $HOME.
-# Secrets (PREFECT_API_KEY, AWS_*) travel in the runtime env, never in task parameters or logs.
-_FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL", "PYTHONPATH",
-                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-                  "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+# What Ray's workers need to reach the same Prefect API and stay out of $HOME. No secret is listed:
+# the runtime env is shown in the Ray dashboard and sent to whatever cluster `ray.address` names, so
+# PREFECT_API_KEY and AWS_* come from each node's own environment (a local Ray's workers inherit
+# this process's; a cluster's nodes get them from their deployment, e.g. infra/kuberay's secretRef).
+_FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL", "PYTHONPATH",
+                  "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def _local_ray_settings() -> None:
+    """Settings of a Ray this process starts, made in the environment its servers inherit.
+
+    Loopback: Ray binds its GCS, raylet, object manager and workers to the machine's outward IP unless
+    it takes itself for a one-machine install (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), then to 127.0.0.1.
+    Ray's child processes read the switch from the environment; this process read it when ray was
+    imported (prefect_ray imports it), so the module constant is set too. Not for `ray.address`: a
+    driver of a multi-node cluster must advertise a reachable IP.
+
+    Token auth: every gRPC and dashboard call must carry the cluster's token (Ray's RAY_AUTH_MODE=token).
+    The token is the one in RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH when set, else a fresh one for this
+    process, kept in its environment (not written to ~/.ray/auth_token)."""
+    import ray._private.ray_constants as ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Ray's config and token caches were filled from the environment at import: reload both (as Ray's
+    # own `ray get-auth-token --generate` path does), so this driver sends the token it just set.
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def ray_task_runner(cfg: RayConfig) -> RayTaskRunner:
+    """The Ray task runner of every flow, whoever starts it (the CLI, a Prefect worker, a test).
+
+    Without `cfg.address` it starts a local Ray on 127.0.0.1 with token auth (`_local_ray_settings`);
+    with one it joins that cluster, whose nodes bring their own secrets and auth token."""
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
     if cfg.address is None:
+        _local_ray_settings()
         init_kwargs.update(
             num_cpus=cfg.num_cpus,
             include_dashboard=cfg.dashboard,

@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
+import psutil
 import pytest
 from helpers import write_jsonl
 
@@ -34,6 +36,27 @@ def prefect_server(tmp_path):
     stop_server(api)
 
 
+class ListeningWatch(threading.Thread):
+    """Every address a process tree listens on while it runs (polled): the worker, its flow runs and
+    the Ray each flow starts."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.seen, self.names, self.stop = pid, set(), set(), threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.5):
+            try:
+                family = {self.pid: psutil.Process(self.pid)}
+                family.update({c.pid: c for c in family[self.pid].children(recursive=True)})
+                for conn in psutil.net_connections(kind="inet"):
+                    if conn.status == psutil.CONN_LISTEN and conn.pid in family:
+                        self.seen.add(conn.laddr.ip)
+                        self.names.add(family[conn.pid].name())
+            except psutil.Error:  # a process ended between the listing and the look-up
+                continue
+
+
 def _tokenmill(env, *args, timeout=600):
     return subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -49,6 +72,8 @@ def test_deploy_then_trigger_end_to_end_and_dedup_from_a_worker(prefect_server, 
 
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "tokenmill"], env=env,
                               stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    listening = ListeningWatch(worker.pid)
+    listening.start()
     try:
         sets = [a for s in TINY + [f"output_dir={tmp_path / 'runs'}", "run_id=deployed"] for a in ("--set", s)]
         triggered = _tokenmill(env, "trigger", "end-to-end/bundled", "--wait", "--timeout", "540", *sets)
@@ -66,6 +91,7 @@ def test_deploy_then_trigger_end_to_end_and_dedup_from_a_worker(prefect_server, 
         log = (tmp_path / "worker.log").read_text(errors="replace")
         assert deduped.returncode == 0, deduped.stdout + deduped.stderr + log[-4000:]
     finally:
+        listening.stop.set()
         os.killpg(worker.pid, signal.SIGTERM)
         try:
             worker.wait(timeout=60)
@@ -73,6 +99,9 @@ def test_deploy_then_trigger_end_to_end_and_dedup_from_a_worker(prefect_server, 
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
 
+    # The flows the worker started ran a local Ray (its GCS among what listened), on loopback only.
+    assert "gcs_server" in listening.names and listening.seen <= {"127.0.0.1", "::ffff:127.0.0.1"}, \
+        (listening.seen, listening.names)
     stats = json.loads((tmp_path / "runs" / "dedup-deployed" / "dedup" / "_stats.json").read_text())
     assert stats["docs_in"] == len(real_docs) + 2 and stats["rejected"] == {"dedup.exact": 1, "dedup.near": 1}
     assert (tmp_path / "runs" / "deployed" / "report.md").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -33,27 +34,58 @@ def test_local_prefect_server_binds_loopback_only(tmp_path):
     assert not psutil.pid_exists(api.pid) or psutil.Process(api.pid).status() == psutil.STATUS_ZOMBIE
 
 
-@pytest.mark.slow
-def test_local_ray_binds_loopback_only():
-    """Every server of the local Ray tokenmill starts (GCS, raylet, workers, dashboard and its agents)."""
-    code = """
-import json, psutil
-from tokenmill.flows.cli import keep_local_ray_on_loopback
-from tokenmill.flows.config import RunConfig
-keep_local_ray_on_loopback(RunConfig())
-import ray
+# A flow's process as a Prefect worker starts it: ray is imported first (prefect_ray), nothing of the
+# CLI is, and the node environment holds secrets. The runner every flow uses starts the local Ray.
+_WORKER_STARTED_RAY = """
+import json, os, sys, urllib.error, urllib.request
+import psutil, ray, ray.util.state
+os.environ.update(PREFECT_API_KEY="pnu_secret_key", AWS_SECRET_ACCESS_KEY="aws_secret_value")
 from tokenmill.flows.config import RayConfig
 from tokenmill.flows.runtime import ray_task_runner
-context = ray.init(**ray_task_runner(RayConfig(num_cpus=1)).init_kwargs)
-ray.get(ray.remote(lambda: 1).remote())
-me = psutil.Process()
-family = {me.pid, *(c.pid for c in me.children(recursive=True))}
-ips = sorted({c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in family})
-print(json.dumps({"dashboard": context.dashboard_url, "ips": ips}))
-ray.shutdown()
+
+def status(url, token=None):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+@ray.remote
+def seen():
+    ctx = ray.get_runtime_context()
+    return {"runtime_env": ctx.runtime_env, "key": os.environ.get("PREFECT_API_KEY")}
+
+with ray_task_runner(RayConfig(num_cpus=1)) as runner:
+    task = ray.get(seen.remote())
+    me = psutil.Process()
+    family = {me.pid, *(c.pid for c in me.children(recursive=True))}
+    ips = sorted({c.laddr.ip for c in psutil.net_connections(kind="inet")
+                  if c.status == psutil.CONN_LISTEN and c.pid in family})
+    dashboard = "http://" + runner._ray_context.dashboard_url + "/api/version"
+    print(json.dumps({"dashboard": runner._ray_context.dashboard_url, "ips": ips, "task": task,
+                      "driver_runtime_env": ray.get_runtime_context().runtime_env,
+                      "jobs_runtime_env": [j.runtime_env for j in ray.util.state.list_jobs()],
+                      "no_token": status(dashboard), "token": status(dashboard, os.environ["RAY_AUTH_TOKEN"])}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_worker_started_flow_ray_is_loopback_token_auth_and_secret_free(tmp_path):
+    """Every server of the local Ray a flow starts (GCS, raylet, workers, dashboard and its agents)
+    listens on 127.0.0.1; the dashboard refuses a request without the run's token; the secrets of the
+    node environment reach the workers from there, never through the job's runtime_env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ENABLE"))}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+    out = subprocess.run([sys.executable, "-c", _WORKER_STARTED_RAY], capture_output=True, text=True, timeout=300,
+                         env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["dashboard"].startswith("127.0.0.1:")
     assert found["ips"] and set(found["ips"]) <= {"127.0.0.1", "::ffff:127.0.0.1"}, found
+    assert (found["no_token"], found["token"]) == (401, 200)
+    assert found["task"]["key"] == "pnu_secret_key"  # from the node's environment
+    shown = json.dumps([found["task"]["runtime_env"], found["driver_runtime_env"], found["jobs_runtime_env"]])
+    assert "PREFECT_HOME" in shown or "PYTHONPATH" in shown or "env_vars" in shown, shown
+    assert "pnu_secret_key" not in shown and "aws_secret_value" not in shown and "PREFECT_API_KEY" not in shown
+    assert not (tmp_path / ".ray").exists()  # the token stayed in the environment
