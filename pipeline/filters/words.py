@@ -51,6 +51,7 @@ _MAX_SPECIAL = max(map(len, (*_SPECIAL, *_ABBREVIATIONS)))
 _CONTRACTION_ENDS = tuple(a + e for a in "'’" for e in ("re", "ll", "ve", "d", "m", "RE", "LL", "VE", "D", "M")) + (
     "n't", "n’t")
 _URL_NO_USER = re.compile(_URL.pattern.replace(r"(?:\S+(?::\S*)?@)?", "", 1))
+_URL_HOST = re.compile(_URL.pattern.split(r"(?:\S+(?::\S*)?@)?", 1)[1])
 
 
 class _Chunk:
@@ -112,9 +113,17 @@ class _Chunk:
 
 
 def _is_url(s: str) -> bool:
-    # "user:password@" can only match with an "@"; without one, the pattern without that group decides
-    # (its backtracking over "\S+" is quadratic on runs such as "a:a:a:...").
-    return bool((_URL if "@" in s else _URL_NO_USER).fullmatch(s))
+    if _URL_NO_USER.fullmatch(s):
+        return True
+    # With "user:password@": any text, an "@", then the host part to the end. Each "@" is tried once
+    # (the host part cannot cross an "@" before its path): the pattern's own "\S+(?::\S*)?@" backtracks
+    # quadratically on runs such as "a:a@a:a@...".
+    at = s.find("@", 1)
+    while at != -1:
+        if _URL_HOST.fullmatch(s, at + 1):
+            return True
+        at = s.find("@", at + 1)
+    return False
 
 
 def _split_chunk(s: str, out: list[str]) -> None:
