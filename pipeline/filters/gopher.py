@@ -32,6 +32,8 @@ class GopherQuality(Step):
             return self.reason("min_words")
         if n > cfg.max_words:
             return self.reason("max_words")
+        if n == 0:  # min_words 0: nothing to measure the other rules on
+            return self.reason("empty")
         mean = sum(map(len, content)) / n
         if mean < cfg.min_mean_word_length:
             return self.reason("min_mean_word_length")
@@ -139,7 +141,9 @@ class GopherRepetition(Step):
 
     def __call__(self, doc: Doc) -> str | None:
         cfg, text = self.cfg, doc.text
-        size = len(text) or 1
+        if not text.strip():  # as GopherQuality and FineWeb: a blank document is rejected, not measured
+            return self.reason("empty")
+        size = len(text)
         paragraphs = self._paragraphs.split(text.strip())
         count, chars = duplicates(paragraphs)
         if count / len(paragraphs) > cfg.max_duplicate_paragraph_fraction:
