@@ -109,6 +109,17 @@ def test_gopher_repetition_rules():
     assert repetition(doc(spam)) == "gopher.top_2gram_char_fraction"
 
 
+def test_gopher_rules_reject_a_document_with_nothing_to_measure():
+    # min_words 0 used to divide by zero on an empty or blank document; repetition used to keep one
+    lenient = GopherQuality(GopherQualityConfig(min_words=0, min_stop_words=0))
+    for text in ("", "  \n\t ", "!!! ... ???"):  # no words, or only punctuation tokens
+        assert lenient(doc(text)) == "gopher.empty", repr(text)
+        assert quality(doc(text)) == "gopher.min_words"
+    assert lenient(doc("the cat and the hat")) is None
+    for text in ("", " \n\n \n", "\u3000\t"):
+        assert repetition(doc(text)) == "gopher.empty", repr(text)
+
+
 def test_ngram_char_counts():
     grams = NGrams("a b c a b c a b".split())
     assert top_ngram_chars(grams, 2) == 3 * 3  # "a b" three times
@@ -182,7 +193,7 @@ PHONES = ["+44 20 7946 0958", "+49 30 123456", "+44 (0)20 7946 0958", "+49 (0)30
 NOT_PHONES = ["In 2019 and 2020", "$1,299.00", "1.299,00 EUR", "€ 0,99", "ISBN 0-306-40615-2", "ISBN 978-3-16-148410-0",
               "2023-01-15", "15.01.2023", "01.01.2023 12:00", "01/02/2023", "version 10.0.19041.1", "v0.9.2.4",
               "pages 100-120", "order no. 2024-118-77", "+5 points", "+1,000 users", "0.5 mg", "from 09:30 to 17:00",
-              "reference 0123456789"]
+              "reference 0123456789", "00.0000.00.00", "0000 000000", "+0 123 4567 890", "(000) 555-0132"]
 
 
 @pytest.mark.parametrize("number", PHONES)

@@ -30,10 +30,13 @@ PHONE = re.compile(
 
 def _phone_digits_ok(match: re.Match) -> bool:
     """E.164 allows at most 15 digits; a national number with its trunk 0 has 9 at least (8-digit
-    dotted dates such as 01.02.2023 are not phones), an international one 8 ((0) not counted)."""
+    dotted dates such as 01.02.2023 are not phones), an international one 8 ((0) not counted).
+    No country code, area code after a trunk 0 or North American area code starts with 0, so runs
+    of zeros such as 00.0000.00.00 are not numbers."""
     text = match.group(0)
-    digits = sum(c.isdigit() for c in text) - text.count("(0)")
-    return (8 if text.startswith("+") else 9 if text.lstrip("(").startswith("0") else 10) <= digits <= 15
+    digits = "".join(c for c in text.replace("(0)", "") if c.isdigit())
+    trunk = 0 if text.startswith("+") else 2 if digits.startswith("00") else 1 if digits.startswith("0") else 0
+    return (8 if text.startswith("+") else 9 if trunk else 10) <= len(digits) <= 15 and digits[trunk:][:1] != "0"
 
 
 def _valid_ip(match: re.Match) -> bool:
