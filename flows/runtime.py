@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections import deque
 from typing import Any, Callable
 
@@ -28,25 +29,26 @@ def _local_ray_settings() -> None:
 
     Loopback: Ray binds its GCS, raylet, object manager and workers to the machine's outward IP unless
     it takes itself for a one-machine install (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), then to 127.0.0.1.
-    Ray's child processes read the switch from the environment; this process read it when ray was
-    imported (prefect_ray imports it), so the module constant is set too. Not for `ray.address`: a
-    driver of a multi-node cluster must advertise a reachable IP.
+    Ray and its child processes read the switch from the environment. Not for `ray.address`: a driver
+    of a multi-node cluster must advertise a reachable IP.
 
     Token auth: every gRPC and dashboard call must carry the cluster's token (Ray's RAY_AUTH_MODE=token).
     The token is the one in RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH when set, else a fresh one for this
     process, kept in its environment (not written to ~/.ray/auth_token)."""
-    import ray._private.ray_constants as ray_constants
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_AUTH_MODE"] = "token"
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    # Ray's config and token caches were filled from the environment at import: reload both (as Ray's
-    # own `ray get-auth-token --generate` path does), so this driver sends the token it just set.
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    # prefect_ray imports ray lazily: if ray is loaded already, it read these at import, so its
+    # constant, config and token cache are refreshed (as Ray's own `_enable_token_auth` does); if
+    # not, it reads them from the environment when it loads.
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    raylet = sys.modules.get("ray._raylet")
+    if raylet is not None:
+        raylet.Config.initialize("")
+        raylet.AuthenticationTokenLoader.instance().reset_cache()
 
 
 def ray_task_runner(cfg: RayConfig) -> RayTaskRunner:
