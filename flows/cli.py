@@ -54,7 +54,11 @@ def _run_dir(run: str, output_dir: str | None) -> str:
         return run.rstrip("/")
     if Path(run).is_dir():
         return str(Path(run).resolve())
-    return load_config(output_dir=output_dir, run_id=run).run_dir
+    try:
+        return load_config(output_dir=output_dir, run_id=run).run_dir
+    except ValueError as e:
+        console.print(f"[red]{escape(run)}: no such run directory, and not a valid run id:[/red] {escape(str(e))}")
+        raise typer.Exit(2)
 
 
 def _exit_on_sigterm(signum, frame):
@@ -74,6 +78,7 @@ def _execute(cfg: RunConfig, flow_name: str, **flow_args) -> dict:
     with prefect_api(cfg.prefect.host, cfg.prefect.keep_server, cfg.prefect.startup_timeout_s) as api:
         console.print(f"Prefect API: {api.url}" + ("" if api.pid is None else f" (local server, pid {api.pid})"))
         from . import curate, end_to_end, evaluate, finetune, train
+        from .runtime import RunLocked, run_lock
 
         flows = {
             "run": end_to_end.end_to_end,
@@ -84,10 +89,11 @@ def _execute(cfg: RunConfig, flow_name: str, **flow_args) -> dict:
             "finetune": finetune.finetune,
         }
         try:
-            result = flows[flow_name](cfg, **flow_args)
+            with run_lock(cfg.run_dir):  # the whole run: a second `--run-id` of it is refused, not interleaved
+                result = flows[flow_name](cfg, **flow_args)
         except Exception as e:  # the flow log above has the traceback; end with the cause, not a wall
-            console.print(f"[red]{flow_name} {cfg.run_id} failed:[/red] {type(e).__name__}: {e}")
-            if not isinstance(e, ConfigChanged):
+            console.print(f"[red]{flow_name} {cfg.run_id} failed:[/red] {type(e).__name__}: {escape(str(e))}")
+            if not isinstance(e, (ConfigChanged, RunLocked)):
                 console.print(f"Rerun with --run-id {cfg.run_id} to resume: finished stages and parts are skipped.")
             raise typer.Exit(1)
         finally:

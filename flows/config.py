@@ -6,11 +6,14 @@ Loaded from YAML (`--config run.yaml`), then overridden from the CLI with dotted
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import CurateConfig
 from tokenmill.training.config import EvalConfig, FinetuneConfig, TrainConfig
 
@@ -23,6 +26,12 @@ class RayConfig(BaseModel):
     dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     max_in_flight: int = Field(8, ge=1, description="tasks submitted at once per stage")
+    tasks_per_step: int = Field(0, ge=0, description="Prefect task runs per step at most, each a bundle of consecutive "
+                                "units of work (bounds orchestration cost whatever the number of parts); 0: 4 x max_in_flight")
+
+    @property
+    def max_tasks(self) -> int:
+        return self.tasks_per_step or 4 * self.max_in_flight
 
 
 class PrefectConfig(BaseModel):
@@ -39,7 +48,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output_dir: str = "runs"
-    run_id: str | None = None
+    run_id: Annotated[str, AfterValidator(partial(storage.check_name, what="run id"))] | None = None
     curate: CurateConfig = CurateConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
@@ -50,7 +59,8 @@ class RunConfig(BaseModel):
     def with_run_id(self) -> "RunConfig":
         if self.run_id:
             return self
-        return self.model_copy(update={"run_id": dt.datetime.now().strftime("%Y%m%d-%H%M%S")})
+        # microseconds: two runs started in the same second get two ids (the run lock refuses the rest)
+        return self.model_copy(update={"run_id": dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")})
 
     @property
     def run_dir(self) -> str:

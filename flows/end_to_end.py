@@ -7,17 +7,18 @@ from .config import RunConfig
 from .curate import curate
 from .evaluate import evaluate
 from .finetune import finetune
-from .runtime import ray_task_runner
+from .runtime import ray_task_runner, run_lock
 from .train import train
 
 
 @flow(name="end-to-end", log_prints=True)
 def end_to_end(config: RunConfig) -> dict:
     config = config.with_run_id()  # a scheduled run gets a fresh id; its stages share it
-    curated = curate.with_options(task_runner=ray_task_runner(config.ray))(config)
-    trained = train(config)
-    evaluated = evaluate(config)
-    result = {"curate": curated, "train": trained, "eval": evaluated}
-    if config.finetune.in_run:
-        result["finetune"] = finetune(config)
+    with run_lock(config.run_dir):  # one process runs this id's stages: a second run is refused, not interleaved
+        curated = curate.with_options(task_runner=ray_task_runner(config.ray))(config)
+        trained = train(config)
+        evaluated = evaluate(config)
+        result = {"curate": curated, "train": trained, "eval": evaluated}
+        if config.finetune.in_run:
+            result["finetune"] = finetune(config)
     return result

@@ -1,11 +1,14 @@
 """What every flow shares: the Ray task runner, bounded mapping with progress, stage skipping."""
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import sys
+import threading
 from collections import deque
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from prefect import get_run_logger, task
 from prefect_ray import RayTaskRunner
@@ -92,11 +95,57 @@ def run_step(step: Step, max_in_flight: int, retries: int = 0, retry_delay_s: fl
     return results
 
 
+class RunLocked(RuntimeError):
+    """Another process is running the same run directory."""
+
+
+_held_locks: dict[str, list] = {}  # run directory -> [fd, depth]: re-entered by nested flows of one process
+_held_locks_guard = threading.Lock()
+
+
+@contextmanager
+def run_lock(run_dir: str) -> Iterator[None]:
+    """Hold an exclusive lock on a local run directory (flock on the directory itself: no file is
+    written, and the kernel releases it when the process dies, SIGKILL included), so two runs of one
+    run id refuse to interleave instead of writing the same parts. Re-entrant within a process. An
+    object-store run directory (s3://...) has no such lock: give concurrent runs distinct ids."""
+    if "://" in run_dir and not run_dir.startswith("file://"):
+        yield
+        return
+    path = os.path.realpath(run_dir.removeprefix("file://"))
+    with _held_locks_guard:
+        held = _held_locks.get(path)
+        if held is None:
+            os.makedirs(path, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLocked(f"run directory {path} is in use by another tokenmill process; wait for it to "
+                                "finish (or stop it), or use another --run-id") from None
+            held = _held_locks[path] = [fd, 0]
+        held[1] += 1
+    try:
+        yield
+    finally:
+        with _held_locks_guard:
+            held[1] -= 1
+            if held[1] == 0:
+                del _held_locks[path]
+                os.close(held[0])  # closing the descriptor releases the lock
+
+
 def stage(run_dir: str, name: str, fn: Callable[[], dict], settings: dict | None = None) -> dict:
     """Run a stage unless <run>/<name>/_SUCCESS exists; return its _stats.json either way.
 
     `settings` (the config the stage's output depends on) are recorded with the stage; a rerun with
     other settings is refused (stages.ConfigChanged) instead of reusing what was made under the old ones."""
+    with run_lock(run_dir):
+        return _stage(run_dir, name, fn, settings)
+
+
+def _stage(run_dir: str, name: str, fn: Callable[[], dict], settings: dict | None) -> dict:
     logger = get_run_logger()
     stage_dir = storage.join(run_dir, name)
     if settings is not None:

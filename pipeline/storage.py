@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import uuid
 from typing import Any
 
@@ -17,6 +18,19 @@ import pyarrow.parquet as pq
 
 SUCCESS = "_SUCCESS"
 TEMPORARY = ".tmp-"  # the prefix of a file being written (never listed as a part)
+# A name that becomes one path component, a command argument and (lowercased, '_'/'.' as '-') an
+# artifact key: run ids, fine-tune tasks, lm-eval task names. No '/', no '..', no leading '.' or '-',
+# no whitespace or shell metacharacter (DeepSpeed's pdsh runner quotes only arguments with spaces).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """`name` if it is safe as one path component, command argument and artifact key (NAME); else a
+    ValueError saying what is wrong, before anything is written under it."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} is not allowed: use 1-128 letters, digits, '_', '.' or '-', starting "
+                         "with a letter or digit, without '..' (it names a directory and goes into commands)")
+    return name
 
 
 def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:

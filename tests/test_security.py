@@ -89,3 +89,57 @@ def test_worker_started_flow_ray_is_loopback_token_auth_and_secret_free(tmp_path
     assert "PREFECT_HOME" in shown or "PYTHONPATH" in shown or "env_vars" in shown, shown
     assert "pnu_secret_key" not in shown and "aws_secret_value" not in shown and "PREFECT_API_KEY" not in shown
     assert not (tmp_path / ".ray").exists()  # the token stayed in the environment
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "x;touch pwned", "$(id)", ".hidden"])
+def test_bad_run_id_is_refused_before_anything_is_written(tmp_path, run_id):
+    out = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "curate", "--run-id", run_id,
+                          "--output-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "invalid configuration" in out.stdout and "run id" in out.stdout
+    assert list(tmp_path.iterdir()) == []  # no run directory, no lock, nothing beside
+
+
+def test_names_used_in_paths_and_commands_are_checked_once():
+    from tokenmill.flows.config import load_config
+    from tokenmill.pipeline.storage import check_name
+
+    assert load_config(run_id="2026-11-30_run.v2", overrides=["finetune.task=my-task.v2",
+                                                               "evaluate.lm_eval_tasks=[arc_easy, early-signal]"])
+    for override in ("finetune.task=../x", "evaluate.lm_eval_tasks=[../../etc/passwd]", "run_id='a;b'"):
+        with pytest.raises(ValueError, match="is not allowed"):
+            load_config(overrides=[override])
+    with pytest.raises(ValueError, match="is not allowed"):
+        check_name("a..b")
+    # the default run id has sub-second resolution: two made in a row differ
+    assert load_config().with_run_id().run_id != load_config().with_run_id().run_id
+
+
+_TAKE_LOCK = """
+import sys
+from tokenmill.flows.runtime import RunLocked, run_lock
+try:
+    with run_lock(sys.argv[1]):
+        print("locked")
+except RunLocked as e:
+    print("refused:", e)
+"""
+
+
+def test_a_run_directory_is_locked_against_a_second_process(tmp_path):
+    from tokenmill.flows.runtime import run_lock
+
+    run_dir = str(tmp_path / "runs" / "same-id")
+
+    def other_process() -> str:
+        out = subprocess.run([sys.executable, "-c", _TAKE_LOCK, run_dir], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    with run_lock(run_dir):
+        with run_lock(run_dir):  # re-entered by a nested flow of the same process
+            pass
+        assert other_process().startswith(f"refused: run directory {run_dir} is in use")
+    assert other_process() == "locked"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["runs", "same-id"]  # the lock writes no file

@@ -3,9 +3,12 @@ and the model's shape. Plain pydantic: importing it does not import torch."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from functools import partial
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tokenmill.pipeline.storage import check_name
 
 
 class ModelConfig(BaseModel):
@@ -116,14 +119,19 @@ class EvalConfig(_Section):
     lm_eval_limit: int | None = Field(None, ge=1, description="documents per task (default: all)")
     lm_eval_batch_size: int = Field(16, ge=1)
 
+    @field_validator("lm_eval_tasks")
+    @classmethod
+    def _task_names(cls, names: list[str]) -> list[str]:
+        return [check_name(name, "evaluate.lm_eval_tasks name") for name in names]  # names become file names
+
 
 class FinetuneConfig(_Section):
     """`tokenmill finetune`: a sequence classifier on the run's pretrained model, next to the same
     architecture from random init and a majority-class baseline."""
 
-    # The task name is a directory name under runs/<id>/finetune/.
-    task: str = Field("dclm-quality", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                      description="a bundled task (dclm-quality), or any name with data_file set")
+    # The task name is a directory name under runs/<id>/finetune/ and part of artifact keys.
+    task: Annotated[str, AfterValidator(partial(check_name, what="finetune.task"))] = Field(
+        "dclm-quality", description="a bundled task (dclm-quality), or any name with data_file set")
     data_file: str | None = Field(None, description="JSONL of {text_key, label_key} records; default: the task's bundled file")
     text_key: str = "text"
     label_key: str = "label"
