@@ -143,3 +143,22 @@ def test_a_run_directory_is_locked_against_a_second_process(tmp_path):
         assert other_process().startswith(f"refused: run directory {run_dir} is in use")
     assert other_process() == "locked"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["runs", "same-id"]  # the lock writes no file
+
+
+def test_infra_files_expose_nothing_without_auth():
+    """The shipped CI workflow expands no workflow input inside a shell script; a Ray dashboard bound
+    beyond loopback comes with Ray's token auth."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    infra = Path(__file__).resolve().parent.parent / "infra"
+    workflow = yaml.safe_load((infra / "ci" / "github-actions.yml").read_text())
+    scripts = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    assert scripts and not [s for s in scripts if re.search(r"\$\{\{[^}]*(inputs|github\.event)", s)]
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        spec = yaml.safe_load((infra / "kuberay" / name).read_text())["spec"]
+        cluster = spec.get("rayClusterSpec", spec)
+        if cluster["headGroupSpec"]["rayStartParams"].get("dashboard-host", "127.0.0.1") != "127.0.0.1":
+            assert cluster.get("authOptions", {}).get("mode") == "token", name
