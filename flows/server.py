@@ -42,7 +42,11 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_server(host: str = "127.0.0.1", timeout_s: int = 120, home: str | None = None) -> PrefectAPI:
+def start_server(host: str = "127.0.0.1", timeout_s: int = 120, home: str | None = None,
+                 outlive: bool = False) -> PrefectAPI:
+    """A Prefect server on `host` (loopback by default) and a free port, in its own session. Unless
+    `outlive` (--keep-server), it runs under `_guard`, which stops it when this process ends however it
+    ends (SIGKILL and the OOM killer included), so no server is left behind a dead run."""
     home = home or tempfile.mkdtemp(prefix="tokenmill-prefect-")
     os.makedirs(home, exist_ok=True)
     port = free_port(host)
@@ -57,8 +61,10 @@ def start_server(host: str = "127.0.0.1", timeout_s: int = 120, home: str | None
     )
     env.pop("PREFECT_API_URL", None)
     with open(log, "wb") as out:
+        server = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+        guard = [] if outlive else [sys.executable, "-m", "tokenmill.flows.server", "--guard", str(os.getpid()), "--"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+            guard + server,
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     url = f"http://{host}:{port}/api"
@@ -121,7 +127,7 @@ def prefect_api(host: str = "127.0.0.1", keep: bool = False, timeout_s: int = 12
     if os.environ.get("PREFECT_API_URL"):
         yield PrefectAPI(os.environ["PREFECT_API_URL"], None, None, None)
         return
-    api = start_server(host, timeout_s)
+    api = start_server(host, timeout_s, outlive=keep)
     os.environ["PREFECT_API_URL"] = api.url
     try:
         with _api_settings(api.url):
@@ -130,3 +136,28 @@ def prefect_api(host: str = "127.0.0.1", keep: bool = False, timeout_s: int = 12
         if not keep:
             os.environ.pop("PREFECT_API_URL", None)
             stop_server(api)
+
+
+def _guard(parent: int, command: list[str], poll_s: float = 0.5, grace_s: float = 20) -> int:
+    """Run `command` until it exits or process `parent` is gone (this process is re-parented: the run
+    was SIGKILLed, OOM-killed or crashed), then stop it: SIGTERM to the session, SIGKILL after
+    `grace_s`. A watchdog rather than PR_SET_PDEATHSIG: that needs a preexec_fn (unsafe with threads)
+    and Linux. The guard leads the server's session; stop_server's SIGTERM to it is the server's."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the session's SIGTERM is for the server; we wait for it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    while child.poll() is None:
+        if os.getppid() != parent:
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+            try:
+                child.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+            return 1
+        time.sleep(poll_s)
+    return child.returncode
+
+
+if __name__ == "__main__":  # python -m tokenmill.flows.server --guard PARENT_PID -- COMMAND...
+    assert sys.argv[1] == "--guard" and sys.argv[3] == "--", sys.argv
+    sys.exit(_guard(int(sys.argv[2]), sys.argv[4:]))

@@ -1,4 +1,6 @@
-"""Services tokenmill starts listen on 127.0.0.1 only: the run's Prefect server and the local Ray."""
+"""What tokenmill exposes and leaves behind: its Prefect server and local Ray listen on 127.0.0.1 only (Ray with
+token auth, no secret in its runtime_env), names are checked before use, a run directory is locked, and the
+server goes when its run dies."""
 from __future__ import annotations
 
 import json
@@ -9,8 +11,6 @@ import sys
 import psutil
 import pytest
 
-from tokenmill.flows.server import start_server, stop_server
-
 
 def _listening(pids: set[int]) -> set[tuple[str, int]]:
     found = set()
@@ -20,18 +20,33 @@ def _listening(pids: set[int]) -> set[tuple[str, int]]:
     return found
 
 
-def test_local_prefect_server_binds_loopback_only(tmp_path):
-    api = start_server(home=str(tmp_path / "home"))
+_RUN_WITH_SERVER = """
+import json, sys, time
+from tokenmill.flows.server import start_server
+api = start_server(home=sys.argv[1])
+print(json.dumps({"pid": api.pid, "url": api.url}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_local_prefect_server_binds_loopback_only_and_dies_with_its_run(tmp_path):
+    """The server a run starts listens on 127.0.0.1 only, and goes when the run is SIGKILLed (no
+    `finally` runs then: the server's guard sees its parent gone)."""
+    run = subprocess.Popen([sys.executable, "-c", _RUN_WITH_SERVER, str(tmp_path / "home")], stdout=subprocess.PIPE,
+                           text=True)
     try:
-        proc = psutil.Process(api.pid)
-        pids = {proc.pid, *(c.pid for c in proc.children(recursive=True))}
-        listening = _listening(pids)
+        api = json.loads(run.stdout.readline())
+        server = psutil.Process(api["pid"])
+        family = [server, *server.children(recursive=True)]
+        listening = _listening({p.pid for p in family})
         assert listening, "the server listens on nothing?"
         assert {ip for ip, _ in listening} == {"127.0.0.1"}
-        assert int(api.url.split(":")[2].split("/")[0]) in {port for _, port in listening}
+        assert int(api["url"].split(":")[2].split("/")[0]) in {port for _, port in listening}
     finally:
-        stop_server(api)
-    assert not psutil.pid_exists(api.pid) or psutil.Process(api.pid).status() == psutil.STATUS_ZOMBIE
+        run.kill()
+        run.wait()
+    _, alive = psutil.wait_procs(family, timeout=60)
+    assert not alive, f"left running after its run was killed: {alive}"
 
 
 # A flow's process as a Prefect worker starts it: ray is imported first (prefect_ray), nothing of the
