@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 BUNDLED_CORPUS = str(Path(__file__).parent / "data" / "corpus")
 
@@ -125,6 +126,26 @@ class QualityConfig(_Section):
     c4: C4Config = C4Config()
     fineweb: FineWebConfig = FineWebConfig()
     pii: PIIConfig = PIIConfig()
+    # Per-language values of the word rules, over the language's built-in defaults (stop words, CJK word
+    # lengths: pipeline/filters/languages.py): languages.<fastText code>.<section>.<key>, e.g.
+    # languages.zh.gopher_quality.min_words=100. Sections: language, gopher_repetition, gopher_quality,
+    # c4, fineweb.
+    languages: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_languages(self) -> QualityConfig:
+        for code, sections in self.languages.items():
+            for name, values in sections.items():
+                if name not in ("language", "gopher_repetition", "gopher_quality", "c4", "fineweb"):
+                    raise ValueError(f"languages.{code}.{name}: not a section with per-language values "
+                                     "(language, gopher_repetition, gopher_quality, c4, fineweb)")
+                section = getattr(self, name)
+                try:
+                    type(section).model_validate({**section.model_dump(), **values})
+                except ValidationError as e:
+                    problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                    raise ValueError(f"languages.{code}.{name}: {problems}") from None
+        return self
 
 
 class DedupConfig(_Section):
