@@ -22,6 +22,7 @@ from .fineweb import FineWeb
 from .formatters import Normalize
 from .gopher import GopherQuality, GopherRepetition
 from .language import Language
+from .languages import SECTIONS as PER_LANGUAGE
 from .pii import PII
 from .url import URLFilter
 
@@ -29,17 +30,12 @@ __all__ = ["Doc", "Step", "build_chain", "apply_chain", "filter_docs", "filter_p
 
 
 def build_chain(cfg: QualityConfig) -> list[Step]:
-    sections = [
-        (cfg.normalize, Normalize),
-        (cfg.url, URLFilter),
-        (cfg.language, Language),
-        (cfg.gopher_repetition, GopherRepetition),
-        (cfg.gopher_quality, GopherQuality),
-        (cfg.c4, C4),
-        (cfg.fineweb, FineWeb),
-        (cfg.pii, PII),
-    ]
-    return [make(section) for section, make in sections if section.enabled]
+    """The enabled steps in order; the word rules take each document's language's settings."""
+    steps = [("normalize", Normalize), ("url", URLFilter), ("language", Language),
+             ("gopher_repetition", GopherRepetition), ("gopher_quality", GopherQuality), ("c4", C4),
+             ("fineweb", FineWeb), ("pii", PII)]
+    return [make(getattr(cfg, name), cfg.languages) if name in PER_LANGUAGE else make(getattr(cfg, name))
+            for name, make in steps if getattr(cfg, name).enabled]
 
 
 def apply_chain(steps: list[Step], doc: Doc) -> str | None:
@@ -74,7 +70,10 @@ def filter_part(part_url: str, run_dir: str, cfg: QualityConfig, batch_rows: int
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
                 table = pa.Table.from_batches([batch])
                 originals = table["text"].to_pylist()
-                docs = [Doc(i, t, u) for i, t, u in zip(table["id"].to_pylist(), originals, table["url"].to_pylist())]
+                # lang: the input's label (if any) until language identification sets it
+                docs = [Doc(i, t, u, lang, score) for i, t, u, lang, score in zip(
+                    table["id"].to_pylist(), originals, table["url"].to_pylist(), table["lang"].to_pylist(),
+                    table["lang_score"].to_pylist())]
                 reasons = filter_docs(steps, docs)
                 texts = [orig if r else d.text for d, orig, r in zip(docs, originals, reasons)]
                 table = (table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))

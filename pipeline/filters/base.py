@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .words import split_words
+from .languages import splitter
+from .words import split_words  # noqa: F401 (re-exported for the tests)
 
 # Unicode sentence-final marks (the list spaCy's sentencizer and datatrove use).
 SENTENCE_END = frozenset(
@@ -53,12 +54,13 @@ class Doc:
     lang: str | None = None
     lang_score: float | None = None
     _words: list[str] | None = field(default=None, repr=False)
-    _words_of: str | None = field(default=None, repr=False)
+    _words_of: tuple[str, str | None] | None = field(default=None, repr=False)
 
     @property
     def words(self) -> list[str]:
-        if self._words is None or self._words_of is not self.text:
-            self._words, self._words_of = split_words(self.text), self.text
+        """Words by the rules of the document's language (languages.splitter)."""
+        if self._words is None or self._words_of != (self.text, self.lang):
+            self._words, self._words_of = splitter(self.lang)(self.text), (self.text, self.lang)
         return self._words
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 
 from ..config import C4Config
-from .base import SENTENCE_END, Doc, Step, count_sentences, split_words
+from .base import SENTENCE_END, Doc, Step, count_sentences, is_symbol
+from .languages import PerLanguage, has_spaces, splitter
 
 CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
@@ -22,13 +23,12 @@ _INNER_END = re.compile("[" + re.escape("".join(sorted(SENTENCE_END))) + r"]\S*\
 class C4(Step):
     name = "c4"
 
-    def __init__(self, cfg: C4Config):
+    def __init__(self, cfg: C4Config, languages: dict | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.settings = PerLanguage("c4", cfg, languages)
 
-    def line_rule(self, line: str, words: list[str]) -> str | None:
+    def line_rule(self, cfg: C4Config, line: str, words: list[str]) -> str | None:
         """Why a (stripped, citation-free) line is removed, or None to keep it."""
-        cfg = self.cfg
         if cfg.terminal_punctuation and (not line.endswith(C4_TERMINAL) or line.endswith("...")):
             return "no_terminal_punctuation"
         if len(words) < cfg.min_words_per_line:
@@ -41,18 +41,19 @@ class C4(Step):
         return None
 
     def __call__(self, doc: Doc) -> str | None:
-        cfg = self.cfg
+        cfg, split = self.settings(doc.lang), splitter(doc.lang)
+        spaced = has_spaces(doc.lang)  # else a line's words are its segmenter's (punctuation aside)
         kept: list[str] = []
         sentences = 0
         for raw in doc.text.splitlines():
             line = raw.strip()
-            words = line.split()
+            words = line.split() if spaced else [w for w in split(line) if not is_symbol(w)]
             if any(len(w) > cfg.max_word_length for w in words):
                 self.stats["c4.lines.max_word_length"] += 1
                 continue
             if cfg.remove_citations:
                 line = CITATION.sub("", line)
-            rule = self.line_rule(line, words)
+            rule = self.line_rule(cfg, line, words)
             if rule is None:
                 lower = line.lower()
                 if cfg.lorem_ipsum and "lorem ipsum" in lower:
@@ -60,7 +61,8 @@ class C4(Step):
                 if cfg.curly_brace and "{" in line:
                     return self.reason("curly_brace")
                 kept.append(line)
-                sentences += count_sentences(split_words(line)) if _INNER_END.search(line) else 1
+                # without spaces a sentence end needs no space after it to start another sentence
+                sentences += count_sentences(split(line)) if not spaced or _INNER_END.search(line) else 1
             else:
                 self.stats[f"c4.lines.{rule}"] += 1
         if sentences < cfg.min_sentences:

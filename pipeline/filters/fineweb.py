@@ -4,17 +4,18 @@ from __future__ import annotations
 from ..config import FineWebConfig
 from .base import TERMINAL_PUNCTUATION, Doc, Step
 from .gopher import duplicates
+from .languages import PerLanguage
 
 
 class FineWeb(Step):
     name = "fineweb"
 
-    def __init__(self, cfg: FineWebConfig):
+    def __init__(self, cfg: FineWebConfig, languages: dict | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.settings = PerLanguage("fineweb", cfg, languages)
 
     def __call__(self, doc: Doc) -> str | None:
-        cfg, text = self.cfg, doc.text
+        cfg, text = self.settings(doc.lang), doc.text
         lines = [line for line in text.split("\n") if line.strip()]
         if not lines:
             return self.reason("empty")

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..config import GopherQualityConfig, GopherRepetitionConfig
 from .base import Doc, Step, is_symbol
+from .languages import PerLanguage
 
 BULLETS = ("•", "-")
 ELLIPSES = ("...", "…")
@@ -19,13 +20,18 @@ ELLIPSES = ("...", "…")
 class GopherQuality(Step):
     name = "gopher"
 
-    def __init__(self, cfg: GopherQualityConfig):
+    def __init__(self, cfg: GopherQualityConfig, languages: dict | None = None):
         super().__init__()
-        self.cfg = cfg
-        self.stop_words = frozenset(cfg.stop_words)
+        self.settings = PerLanguage("gopher_quality", cfg, languages)
+        self._stop_words: dict[str | None, frozenset[str]] = {}
+
+    def stop_words(self, lang: str | None) -> frozenset[str]:
+        if lang not in self._stop_words:
+            self._stop_words[lang] = frozenset(self.settings(lang).stop_words)
+        return self._stop_words[lang]
 
     def __call__(self, doc: Doc) -> str | None:
-        cfg, text, words = self.cfg, doc.text, doc.words
+        cfg, text, words = self.settings(doc.lang), doc.text, doc.words
         content = [w for w in words if not is_symbol(w)]
         n = len(content)
         if n < cfg.min_words:
@@ -51,7 +57,7 @@ class GopherQuality(Step):
         counted = words if cfg.alpha_ratio_counts_punctuation else content
         if sum(any(c.isalpha() for c in w) for w in counted) / len(counted) < cfg.min_alpha_words_ratio:
             return self.reason("alpha_words_ratio")
-        if len(self.stop_words.intersection(words)) < cfg.min_stop_words:  # "at least two of" them
+        if len(self.stop_words(doc.lang).intersection(words)) < cfg.min_stop_words:  # "at least two of" them
             return self.reason("stop_words")
         return None
 
@@ -135,12 +141,12 @@ class GopherRepetition(Step):
     _paragraphs = re.compile(r"\n{2,}")
     _lines = re.compile(r"\n+")
 
-    def __init__(self, cfg: GopherRepetitionConfig):
+    def __init__(self, cfg: GopherRepetitionConfig, languages: dict | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.settings = PerLanguage("gopher_repetition", cfg, languages)
 
     def __call__(self, doc: Doc) -> str | None:
-        cfg, text = self.cfg, doc.text
+        cfg, text = self.settings(doc.lang), doc.text
         if not text.strip():  # as GopherQuality and FineWeb: a blank document is rejected, not measured
             return self.reason("empty")
         size = len(text)

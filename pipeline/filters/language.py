@@ -8,6 +8,7 @@ import importlib.resources
 
 from ..config import LanguageConfig
 from .base import Doc, Step
+from .languages import PerLanguage
 
 
 @functools.cache
@@ -27,16 +28,16 @@ def identify(text: str) -> tuple[str, float]:
 class Language(Step):
     name = "lang"
 
-    def __init__(self, cfg: LanguageConfig):
+    def __init__(self, cfg: LanguageConfig, languages: dict | None = None):
         super().__init__()
         self.keep = frozenset(cfg.keep)
-        self.min_score = cfg.min_score
+        self.settings = PerLanguage("language", cfg, languages)  # min_score per language
 
     def __call__(self, doc: Doc) -> str | None:
         doc.lang, doc.lang_score = identify(doc.text)
         self.stats[f"lang.{doc.lang}"] += 1
         if self.keep and doc.lang not in self.keep:
             return self.reason("not_kept")
-        if doc.lang_score < self.min_score:
+        if doc.lang_score < self.settings(doc.lang).min_score:
             return self.reason("low_score")
         return None
