@@ -21,7 +21,8 @@ from .runtime import ray_task_runner, run_step, stage
 
 def _runner(config: RunConfig):
     def run(step: Step) -> list:
-        return run_step(step, config.ray.max_in_flight, config.prefect.task_retries, config.prefect.retry_delay_s)
+        return run_step(step, config.ray.max_in_flight, config.prefect.task_retries, config.prefect.retry_delay_s,
+                        config.ray.max_tasks)
     return run
 
 
@@ -36,7 +37,9 @@ def read_settings(config: RunConfig) -> dict:
 
 def read_stage(config: RunConfig) -> dict:
     cfg, run_dir = config.curate, config.run_dir
-    shards = readers.plan_shards(readers.expand_inputs(cfg.inputs), cfg.reader.shard_bytes, storage.join(run_dir, "read", "_index"))
+    # Planning reads no data here: files that must be read to be split are measured by a step of tasks.
+    shards = readers.plan_shards(readers.list_inputs(cfg.inputs), cfg.reader.shard_bytes, storage.join(run_dir, "read", "_index"),
+                                 workers=config.ray.max_in_flight, run=_runner(config))
     calls = [dict(**s, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, s in enumerate(shards)]
     stats = finish_stage(run_dir, "read", _runner(config)(part_step("read", readers.read_file, calls, run_dir, "read",
                                                                      lambda call: call["shard"])))

@@ -20,14 +20,14 @@ import json
 import posixpath
 import zlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import fsspec
 
 from . import storage
 from .config import ReaderConfig
 from .contracts import docs_table
-from .stages import PartWriter
+from .stages import PartWriter, Step, marker_url
 from .storage import fs_path
 
 COMPRESSIONS = (".gz", ".zst", ".bz2")
@@ -58,78 +58,140 @@ def format_of(url: str) -> str | None:
     return FORMATS.get(posixpath.splitext(name)[1])
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Input files from paths, directories and globs, sorted so shard numbers are stable."""
-    files: list[str] = []
+def list_inputs(inputs: list[str]) -> dict[str, int]:
+    """Input files from paths, directories and globs with their sizes in bytes, sorted so shard numbers
+    are stable. One listing per input item (sizes come with it): O(files) metadata, no file is opened."""
+    files: dict[str, int] = {}
     for item in inputs:
         fs, path = fs_path(item)
         if fs.isdir(path):
-            matches = [p for p in fs.find(path) if format_of(p)]
+            matches = {p: info for p, info in fs.find(path, detail=True).items() if format_of(p)}
+        elif any(c in path for c in "*?["):
+            matches = fs.glob(path, detail=True)
         else:
-            matches = fs.glob(path) if any(c in path for c in "*?[") else [path]
+            matches = {path: fs.info(path) if fs.exists(path) else {}}  # a missing file: its read task reports it
         if not matches:
             raise FileNotFoundError(f"input {item!r} matches no file")
-        files += [fs.unstrip_protocol(p) if "://" in item else p for p in matches]
-    return sorted(dict.fromkeys(files))
+        for p, info in matches.items():
+            if info.get("type", "file") == "file":
+                files[fs.unstrip_protocol(p) if "://" in item else p] = int(info.get("size") or 0)
+    return dict(sorted(files.items()))
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Input files from paths, directories and globs, sorted so shard numbers are stable."""
+    return list(list_inputs(inputs))
 
 
 SPLIT_COMPRESSIONS = (".gz", ".zst")  # bz2 decompresses too slowly to skip through; such a file is one shard
 MIN_EXPANSION = 8  # a compressed file smaller than shard_bytes / this is not measured: it is one shard anyway, likely
 
 
-def plan_shards(files: list[str], shard_bytes: int, index_dir: str | None = None) -> list[dict]:
-    """Work units of about `shard_bytes` of (uncompressed) input each: JSONL split into byte ranges,
-    Parquet into row-group ranges, anything else one unit per file.
+def _needs_measuring(url: str, size: int, shard_bytes: int) -> bool:
+    """Can this file be split only after reading some of it (decompressing it, its footer, its first member)?"""
+    fmt, lower = format_of(url), url.lower()
+    return (fmt == "parquet"
+            or (fmt == "jsonl" and lower.endswith(SPLIT_COMPRESSIONS) and size * MIN_EXPANSION > shard_bytes)
+            or (fmt in ("warc", "wet") and size > shard_bytes and lower.endswith(".gz")))
 
-    A .gz/.zst JSONL file is split by ranges of its uncompressed bytes: planning decompresses it once
-    to measure it (exact for multi-member gzip, several zstd frames and any size, where the gzip
-    trailer holds only the last member's size mod 4 GiB). With `index_dir`, a second pass saves a
-    seek index of a complete .gz (indexed_gzip: the inflate window every `shard_bytes`) there, and
-    each shard starts decompressing at the index point before its range; otherwise (and for .zst) a
-    shard decompresses from the start and skips to its range. The last shard is open-ended, so a file that
-    ends early is read (and its truncation reported) exactly as if it were one shard."""
-    shards: list[dict] = []
-    for url in files:
-        fmt, lower = format_of(url), url.lower()
-        try:
+
+def measure_input(url: str, shard_bytes: int, index_dir: str | None = None) -> dict:
+    """What splitting one input file needs to know, read from the file (a task of its own, never the
+    flow driver): a compressed JSONL's uncompressed size (and, with `index_dir`, a .gz seek index),
+    a Parquet file's row-group sizes, whether a WARC/WET can be split at record members.
+    {"kind": "whole"} when it cannot be split (or read: its read task reports why)."""
+    fmt = format_of(url)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
             fs, path = fs_path(url)
-            size = fs.size(path) or 0
-            if fmt == "parquet":
-                import pyarrow.parquet as pq
+            with fs.open(path, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+            return {"kind": "parquet", "groups": [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]}
+        if fmt == "jsonl":
+            size, complete = uncompressed_size(url)
+            # indexed_gzip reads a truncated file without an error: such a file's shards skip, and report it
+            index = gzip_index(url, index_dir, shard_bytes) if index_dir and complete and url.lower().endswith(".gz") else None
+            return {"kind": "jsonl", "size": size, "index": index and index["url"]}
+        if fmt in ("warc", "wet") and warc_splittable(url):
+            return {"kind": "warc"}
+    except (ConnectionError, TimeoutError):
+        raise
+    except Exception:  # noqa: BLE001 - unreadable: the read task reports it with its error
+        return {"kind": "whole"}
+    return {"kind": "whole"}
 
-                with fs.open(path, "rb") as f:
-                    meta = pq.ParquetFile(f).metadata
-                start, acc = 0, 0
-                for g in range(meta.num_row_groups):
-                    acc += meta.row_group(g).total_byte_size
-                    if acc >= shard_bytes or g == meta.num_row_groups - 1:
-                        shards.append({"url": url, "start": start, "end": g + 1})
-                        start, acc = g + 1, 0
-                if meta.num_row_groups:
-                    continue
-            if fmt == "jsonl" and lower.endswith(SPLIT_COMPRESSIONS) and size * MIN_EXPANSION > shard_bytes:
-                size, complete = uncompressed_size(url)
-                # indexed_gzip reads a truncated file without an error: such a file's shards skip, and report it
-                index = gzip_index(url, index_dir, shard_bytes) if index_dir and complete and lower.endswith(".gz") else None
-                bounds = list(range(0, size, shard_bytes)) or [0]
-                shards += [{"url": url, "start": s, "end": s + shard_bytes} for s in bounds[:-1]]
-                shards.append({"url": url, "start": bounds[-1], "end": None})
-                for shard in shards[len(shards) - len(bounds):] if index else ():
-                    shard["index"] = index["url"]
-                continue
-            if fmt in ("warc", "wet") and size > shard_bytes and warc_splittable(url):
-                shards += [{"url": url, "start": s, "end": s + shard_bytes} for s in range(0, size, shard_bytes)]
-                shards[-1]["end"] = None
-                continue
-        except (ConnectionError, TimeoutError):
-            raise
-        except Exception:  # unreadable: the read task reports it with its error
-            size = 0
-        if fmt == "jsonl" and not lower.endswith(COMPRESSIONS) and size > shard_bytes:
+
+def measure_step(calls: list[dict], index_dir: str) -> Step:
+    """measure_input over `calls` as a step (one task each on Ray), committed under <index_dir>/_parts."""
+    import hashlib
+
+    def unit(call: dict) -> str:
+        return f"{posixpath.basename(call['url'])}.{hashlib.sha1(call['url'].encode()).hexdigest()[:12]}"
+    return Step("plan", measure_input, calls, marker=lambda call: marker_url(index_dir, unit(call)),
+                outputs=lambda call, result: [result["index"]] if result.get("index") else [])
+
+
+def plan_shards(files: list[str] | dict[str, int], shard_bytes: int, index_dir: str | None = None,
+                workers: int | None = None, run: Callable[[Step], list] | None = None) -> list[dict]:
+    """Work units of about `shard_bytes` of (uncompressed) input each.
+
+    Planning is metadata: `files` with their sizes (list_inputs) are planned without opening any.
+    An uncompressed JSONL file is split into byte ranges (by its size). A file that has to be read to
+    be split (measure_input: .gz/.zst JSONL, Parquet, WARC/WET) is split only when there are fewer
+    files than `workers` (None: always), and what it takes to read is a step (`run`: e.g. Prefect
+    tasks on Ray; default: in this process): .gz/.zst JSONL into ranges of its uncompressed bytes
+    (exact for multi-member gzip and zstd frames; a .gz with `index_dir` gets a seek index, its shards
+    start at the index point before their range, otherwise a shard decompresses from the start and
+    skips), Parquet into row-group ranges, a one-member-per-record .warc.gz at member offsets. The last
+    shard is open-ended, so a file that ends early is read (and its truncation reported) exactly as if
+    it were one shard. Every other file is one shard."""
+    sizes = files if isinstance(files, dict) else {u: _size(u) for u in files}
+    split = workers is None or len(sizes) < workers
+    todo = [u for u, size in sizes.items() if split and _needs_measuring(u, size, shard_bytes)]
+    calls = [{"url": u, "shard_bytes": shard_bytes, "index_dir": index_dir} for u in todo]
+    if not calls:
+        measured = []
+    elif index_dir is None:
+        measured = [measure_input(**call) for call in calls]
+    else:
+        step = measure_step(calls, index_dir)
+        measured = run(step) if run else step.run_serially()
+    found = dict(zip(todo, measured))
+    shards: list[dict] = []
+    for url, size in sizes.items():
+        fmt, m = format_of(url), found.get(url, {"kind": None})
+        if m["kind"] == "parquet" and m["groups"]:
+            start, acc = 0, 0
+            for g, group_bytes in enumerate(m["groups"]):
+                acc += group_bytes
+                if acc >= shard_bytes or g == len(m["groups"]) - 1:
+                    shards.append({"url": url, "start": start, "end": g + 1})
+                    start, acc = g + 1, 0
+        elif m["kind"] == "jsonl":
+            bounds = list(range(0, m["size"], shard_bytes)) or [0]
+            pieces = [{"url": url, "start": s, "end": s + shard_bytes} for s in bounds[:-1]]
+            pieces.append({"url": url, "start": bounds[-1], "end": None})
+            shards += [p | {"index": m["index"]} for p in pieces] if m["index"] else pieces
+        elif m["kind"] == "warc":
+            shards += [{"url": url, "start": s, "end": s + shard_bytes} for s in range(0, size, shard_bytes)]
+            shards[-1]["end"] = None
+        elif fmt == "jsonl" and not url.lower().endswith(COMPRESSIONS) and size > shard_bytes:
             shards += [{"url": url, "start": s, "end": min(size, s + shard_bytes)} for s in range(0, size, shard_bytes)]
         else:
             shards.append({"url": url, "start": 0, "end": None})
     return shards
+
+
+def _size(url: str) -> int:
+    try:
+        fs, path = fs_path(url)
+        return fs.size(path) or 0
+    except (ConnectionError, TimeoutError):
+        raise
+    except Exception:  # noqa: BLE001 - unreadable: the read task reports it with its error
+        return 0
 
 
 def gzip_index(url: str, index_dir: str, spacing: int) -> dict | None:

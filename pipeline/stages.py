@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import posixpath
 import time
 from collections import Counter
@@ -95,10 +96,27 @@ class Step:
             return result
         return unit
 
+    def bundle(self) -> Callable[[list[dict]], list]:
+        """What a task runs for a bundle of calls (runtime.run_step): each call in order, skipping the
+        ones already done, so a retried bundle redoes only the calls that had not committed; their results."""
+        unit, done = self.unit(), self.done
+
+        def bundle(calls: list[dict]) -> list:
+            return [r if (r := done(call)) is not None else unit(**call) for call in calls]
+        bundle.__name__ = bundle.__qualname__ = self.name
+        return bundle
+
     def run_serially(self) -> list:
         """Every call in this process, in order, under the same resume rule (tests, benchmarks, small data)."""
-        unit = self.unit()
-        return [r if (r := self.done(call)) is not None else unit(**call) for call in self.calls]
+        return self.bundle()(self.calls)
+
+
+def bundles(items: list, n: int) -> list[list]:
+    """`items` cut into `n` (at most len(items)) consecutive runs whose lengths differ by one at most."""
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    cuts = [i * size + min(i, extra) for i in range(n + 1)]
+    return [items[a:b] for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def part_step(name: str, fn: Callable[..., Any], calls: list[dict], run_dir: str, stage: str,
