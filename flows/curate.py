@@ -79,11 +79,12 @@ def quality_model_stage(config: RunConfig, source: str) -> dict:
 def tokens_stage(config: RunConfig, source: str) -> dict:
     cfg, run_dir, run = config.curate, config.run_dir, _runner(config)
     out = storage.join(run_dir, "tokens")
-    train, shard = tokenize.steps(stage_parts(run_dir, source), out, cfg.tokenizer, cfg.tokens)
-    tok = run(train)[0]
+    source_stats = storage.read_json(storage.join(run_dir, source, "_stats.json"))
+    docs = source_stats["docs_kept"]
+    *make_tokenizer, shard = tokenize.steps(stage_parts(run_dir, source), out, cfg.tokenizer, cfg.tokens, source_stats["bytes_kept"])
+    tok = [run(step) for step in make_tokenizer][-1][0]
     shards = [s for part in run(shard) for s in part]
-    docs = storage.read_json(storage.join(run_dir, source, "_stats.json"))["docs_kept"]
-    manifest = tokenize.write_manifest(out, storage.join(out, TOKENIZER), shards, cfg.tokens, docs)
+    manifest = tokenize.write_manifest(out, storage.join(out, TOKENIZER), shards, cfg.tokens, docs, tok["source"])
     stats = {"stage": "tokens", "tokenizer": tok, **manifest["totals"], "source_docs": docs}
     storage.write_json(storage.join(out, "_stats.json"), stats)
     storage.mark_done(out)

@@ -165,6 +165,10 @@ class DedupConfig(_Section):
 class TokenizerConfig(_Section):
     vocab_size: int = Field(4096, ge=300)
     min_frequency: int = 2
+    sample_bytes: int = Field(256 << 20, ge=1 << 10, description="text the tokenizer is trained on at most: a "
+                              "deterministic sample (by a hash of the document id) drawn across every part")
+    file: str | None = Field(None, description="a byte-level BPE tokenizer.json to use instead of training one "
+                             "(e.g. runs/<id>/tokens/tokenizer.json of an earlier run)")
 
 
 class TokensConfig(_Section):

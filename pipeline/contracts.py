@@ -80,25 +80,25 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def write_token_shard(url: str, ids: np.ndarray, seq_len: int) -> dict:
-    """Pack a token stream into rows of seq_len + 1 ids (the tail that fills no row is dropped)."""
+def token_rows(ids: np.ndarray, seq_len: int) -> pa.Table:
+    """The whole rows of seq_len + 1 ids a token stream fills, as record batches of a token shard (the
+    tail that fills no row is left out). pipeline/tokenize.py writes a shard a batch of these at a time."""
     rows = len(ids) // (seq_len + 1)
-    flat = pa.array(ids[: rows * (seq_len + 1)])
-    table = pa.table({TOKENS: pa.FixedSizeListArray.from_arrays(flat, seq_len + 1)})
+    return pa.table({TOKENS: pa.FixedSizeListArray.from_arrays(pa.array(ids[: rows * (seq_len + 1)]), seq_len + 1)})
 
-    def write(f):
-        with ipc.new_file(f, table.schema) as writer:
-            writer.write_table(table)
 
-    storage.atomic_write(url, write)
-    return {"rows": rows, "tokens": rows * (seq_len + 1), "dropped_tail_tokens": len(ids) - rows * (seq_len + 1),
-            "sha256": storage.sha256_file(url)}
+def map_token_shard(path: str | Path, seq_len: int) -> list[np.ndarray]:
+    """A local shard's record batches as (rows, seq_len + 1) arrays over a memory map of the file:
+    nothing is read until rows are indexed, and only the pages they are on."""
+    reader = ipc.open_file(pa.memory_map(str(path)))
+    batches = (reader.get_batch(i).column(0) for i in range(reader.num_record_batches))
+    return [b.flatten().to_numpy(zero_copy_only=True).reshape(len(b), seq_len + 1) for b in batches if len(b)]
 
 
 def read_token_shard(path: str | Path, seq_len: int) -> np.ndarray:
-    """A local shard's rows as a (rows, seq_len + 1) array, read through a memory map."""
-    column = ipc.open_file(pa.memory_map(str(path))).read_all()[TOKENS].combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), seq_len + 1)
+    """A local shard's rows as one (rows, seq_len + 1) array in memory."""
+    batches = map_token_shard(path, seq_len)
+    return np.concatenate(batches) if batches else np.zeros((0, seq_len + 1), np.uint16)
 
 
 def load_tokenizer(url: str):

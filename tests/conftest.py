@@ -49,6 +49,7 @@ def tiny_train_config():
         return TrainConfig(**{"model": dict(n_layer=2, n_head=4, d_model=64), "zero_stage": stage, "nproc": 2,
                               "micro_batch": 4, "max_steps": 12, "warmup_steps": 2, "save_every": 4,
                               "log_every": 1, "threads_per_proc": 1, "keep_checkpoints": 2,
+                              "data_block_rows": 16,  # the loader's window (2 blocks) is a fifth of the 154 train rows
                               "activation_checkpointing": stage == 1, **kw})
     return make
 

@@ -91,6 +91,8 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     log_every: int = Field(10, ge=1)
     threads_per_proc: int | None = Field(None, description="CPU threads per process (default: cores / nproc)")
+    data_block_rows: int = Field(4096, ge=1, description="rows per block of the loader's block permutation: a step "
+                                 "reads within a block or two of the memory-mapped shards, whatever their size")
 
     @model_validator(mode="after")
     def _check_offload(self):

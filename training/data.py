@@ -1,35 +1,68 @@
-"""A split's token rows (pipeline/contracts.py has the shard format) and their order across ranks and epochs."""
+"""A split's token rows (pipeline/contracts.py has the shard format) and their order across ranks and epochs.
+
+Nothing is held whole: the shards are memory-mapped (TokenRows), and an epoch's order is a block
+permutation (RankBatches): the rows are cut into blocks of `block_rows` consecutive rows, the blocks
+are visited in a permutation of (seed, epoch), and the rows of a block in a permutation of (seed,
+epoch, block). The order costs one int per block, the reads of a step stay within a block or two
+(the window), so a rank's memory does not grow with the corpus.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from tokenmill.pipeline.contracts import ManifestError, load_manifest, read_token_shard
+from tokenmill.pipeline.contracts import ManifestError, load_manifest, map_token_shard
 
 
-def load_split(tokens_dir: str | Path, split: str, manifest: dict | None = None) -> np.ndarray:
-    """All rows of a split as one (rows, seq_len + 1) array: each shard is read through a memory map,
-    then the split's shards are concatenated into memory (a copy when there is more than one)."""
-    tokens_dir = Path(tokens_dir)
-    manifest = manifest or load_manifest(tokens_dir)
-    arrays = [read_token_shard(tokens_dir / s["file"], manifest["seq_len"]) for s in manifest["shards"] if s["split"] == split]
-    if not arrays:
-        raise ManifestError(f"{tokens_dir}: no {split} shards in the manifest")
-    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+class TokenRows:
+    """The rows of a split's shards, memory-mapped, indexed 0..len-1 in manifest order; rows[idx]
+    copies only the rows asked for into memory."""
+
+    def __init__(self, tokens_dir: str | Path, split: str, manifest: dict | None = None):
+        tokens_dir = Path(tokens_dir)
+        manifest = manifest or load_manifest(tokens_dir)
+        self.seq_len = manifest["seq_len"]
+        self._batches = [b for s in manifest["shards"] if s["split"] == split
+                         for b in map_token_shard(tokens_dir / s["file"], self.seq_len)]
+        if not self._batches:
+            raise ManifestError(f"{tokens_dir}: no {split} shards in the manifest")
+        self._starts = np.cumsum([0] + [len(b) for b in self._batches])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, idx) -> np.ndarray:
+        """Rows `idx` (an int, a slice or an array of row numbers) as a new (n, seq_len + 1) array."""
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
+        flat = np.atleast_1d(idx)
+        which = np.searchsorted(self._starts, flat, side="right") - 1
+        out = np.empty((len(flat), self.seq_len + 1), self._batches[0].dtype)
+        for b in np.unique(which):
+            sel = which == b
+            out[sel] = self._batches[b][flat[sel] - self._starts[b]]
+        return out if idx.ndim else out[0]
+
+
+def load_split(tokens_dir: str | Path, split: str, manifest: dict | None = None) -> TokenRows:
+    """A split's rows, memory-mapped (index or slice it to read rows into memory)."""
+    return TokenRows(tokens_dir, split, manifest)
 
 
 class RankBatches:
-    """Micro-batches for one data-parallel rank: epoch e visits rows in permutation(seed, e), rank r
-    takes every world-th row, so ranks never overlap. (epoch, index) is the resumable position."""
+    """Micro-batches for one data-parallel rank: epoch e visits rows in the block permutation of
+    (seed, e), rank r takes every world-th row of it, so ranks never overlap. (epoch, index) is the
+    resumable position. `rows`: anything indexable by an array of row numbers (TokenRows, an array)."""
 
-    def __init__(self, rows: np.ndarray, micro_batch: int, rank: int, world: int, seed: int):
+    def __init__(self, rows, micro_batch: int, rank: int, world: int, seed: int, block_rows: int = 4096):
         self.rows, self.micro_batch, self.rank, self.world, self.seed = rows, micro_batch, rank, world, seed
-        self.per_epoch = (len(rows) // world) // micro_batch
+        self.n, self.block_rows = len(rows), max(1, block_rows)
+        self.per_epoch = (self.n // world) // micro_batch
         if self.per_epoch == 0:
-            raise ValueError(f"{len(rows)} rows cannot fill one micro-batch of {micro_batch} on each of {world} ranks")
+            raise ValueError(f"{self.n} rows cannot fill one micro-batch of {micro_batch} on each of {world} ranks")
         self.epoch, self.index = 0, 0
-        self._order = None
+        self._order = None  # this epoch's block order and where each block starts in it
+        self._within: dict[int, np.ndarray] = {}  # row permutations of the blocks in the window
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -37,12 +70,34 @@ class RankBatches:
     def load_state(self, state: dict) -> None:
         self.epoch, self.index, self._order = state["epoch"], state["index"], None
 
+    def _block_size(self, block: int) -> int:
+        return min(self.block_rows, self.n - block * self.block_rows)
+
+    def positions(self, positions: np.ndarray) -> np.ndarray:
+        """Row numbers at these positions of this epoch's order."""
+        if self._order is None:
+            blocks = -(-self.n // self.block_rows)
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(blocks)
+            sizes = np.minimum(self.block_rows, self.n - order * self.block_rows)
+            self._order, self._within = (order, np.concatenate([[0], np.cumsum(sizes)])), {}
+        order, starts = self._order
+        k = np.searchsorted(starts, positions, side="right") - 1
+        rows = np.empty(len(positions), np.int64)
+        for j in np.unique(k):
+            block = int(order[j])
+            if block not in self._within:
+                if len(self._within) >= 2:  # the window: the blocks a step reads from
+                    self._within.pop(next(iter(self._within)))
+                perm = np.random.default_rng([self.seed, self.epoch, block]).permutation(self._block_size(block))
+                self._within[block] = perm
+            sel = k == j
+            rows[sel] = block * self.block_rows + self._within[block][positions[sel] - starts[j]]
+        return rows
+
     def next(self) -> np.ndarray:
         if self.index >= self.per_epoch:
             self.epoch, self.index, self._order = self.epoch + 1, 0, None
-        if self._order is None:
-            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
-            self._order = perm[self.rank :: self.world]
-        take = self._order[self.index * self.micro_batch : (self.index + 1) * self.micro_batch]
+        first = self.index * self.micro_batch
+        positions = (np.arange(first, first + self.micro_batch) * self.world) + self.rank
         self.index += 1
-        return self.rows[take]
+        return self.rows[self.positions(positions)]

@@ -140,7 +140,8 @@ def main(job_path: str) -> None:
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=config)
     device = engine.device
 
-    batches = RankBatches(load_split(tokens_dir, "train", manifest), cfg.micro_batch, rank, world, cfg.seed)
+    batches = RankBatches(load_split(tokens_dir, "train", manifest), cfg.micro_batch, rank, world, cfg.seed,
+                          cfg.data_block_rows)
     ckpt_dir = out_dir / "checkpoints"
     step = resume(engine, ckpt_dir, model_cfg, batches, rank)
     if rank == 0:
