@@ -40,3 +40,25 @@ def test_consolidated_zero_checkpoints_equal_the_trained_weights(trained_run):
 def test_export_of_an_untrained_run_says_so(tmp_path):
     result = CliRunner().invoke(app, ["export", "nope", "--output-dir", str(tmp_path), "--out", str(tmp_path / "hf")])
     assert result.exit_code == 1 and "not a curated run directory" in result.output
+
+
+def test_export_is_atomic_reused_only_for_the_same_checkpoint_and_never_overwrites_other_files(trained_run, tmp_path):
+    from tokenmill.training.export import EXPORT_SOURCE, export_run
+
+    run, out = trained_run(0), tmp_path / "hf"
+    export_run(run, out)
+    made = (out / "model.safetensors").stat().st_mtime_ns
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # the temporary directory was renamed into place
+    assert export_run(run, out) == out and (out / "model.safetensors").stat().st_mtime_ns == made  # same source: kept
+
+    # an export made from another model (evaluation used to reuse any export/config.json) is replaced
+    (out / EXPORT_SOURCE).write_text('{"checkpoint": "another run"}')
+    export_run(run, out)
+    assert (out / "model.safetensors").stat().st_mtime_ns != made and "another run" not in (out / EXPORT_SOURCE).read_text()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not a tokenmill export"):
+        export_run(run, mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -6,15 +6,18 @@ architecture (same RMSNorm, half-split rotary embeddings, SwiGLU, GQA), so expor
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from tokenmill.pipeline.contracts import EOS, MANIFEST
+from tokenmill.pipeline.storage import TEMPORARY
 
 from .checkpoint import TIED, checkpoint_tag, latest_tag, save_fp32
 from .config import ModelConfig
@@ -138,10 +141,60 @@ def run_tokenizer(run_dir: str | Path) -> Path:
     return Path(run_dir) / "tokens" / json.loads(manifest.read_text())["tokenizer"]
 
 
+# What an export was made from, written into it: a later export or evaluation reuses the directory
+# only when it was made from the same checkpoint files and tokenizer, never another model's.
+EXPORT_SOURCE = "tokenmill_export.json"
+EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "special_tokens_map.json",
+                "tokenizer_config.json", EXPORT_SOURCE}  # what write_hf and export_run write
+
+
+def _source(ckpt_dir: Path, tag: str, tokenizer: Path) -> dict:
+    """The checkpoint and tokenizer files an export is made from, by path, size and mtime: a retrained
+    checkpoint of the same tag, or another run's, differs."""
+    files = [tokenizer, *sorted(p for p in (ckpt_dir / tag).rglob("*") if p.is_file())]
+    stamp = json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return {"checkpoint": str((ckpt_dir / tag).resolve()), "tag": tag, "tokenizer": str(tokenizer.resolve()),
+            "files_sha256": hashlib.sha256(stamp.encode()).hexdigest()}
+
+
+def _made_from(out: Path) -> dict | None:
+    try:
+        return json.loads((out / EXPORT_SOURCE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
     """`tokenmill export`: the run's latest checkpoint (or the kept one of `step`) and its tokenizer
-    as a Hugging Face directory."""
-    run_dir = Path(run_dir)
+    as a Hugging Face directory. Kept as it is when it was made from the same files already.
+
+    Written beside `out_dir` and renamed into place, so an interrupted export leaves no half directory
+    and a reader never sees one; an existing `out_dir` is replaced only if it holds nothing but an
+    export's files (EXPORT_FILES), never another directory."""
+    run_dir, out = Path(run_dir), Path(out_dir)
     tokenizer = run_tokenizer(run_dir)
     ckpt_dir = run_dir / "train" / "checkpoints"
-    return export_hf(ckpt_dir, tokenizer, out_dir, None if step is None else checkpoint_tag(ckpt_dir, step))
+    tag = latest_tag(ckpt_dir) if step is None else checkpoint_tag(ckpt_dir, step)
+    if tag is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint (no 'latest' file); train the run first")
+    source = _source(ckpt_dir, tag, tokenizer)
+    if _made_from(out) == source:
+        return out
+    if out.exists() and (not out.is_dir() or not {p.name for p in out.iterdir()} <= EXPORT_FILES):
+        raise ValueError(f"{out} exists and is not a tokenmill export: choose a new or empty directory for --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY}{out.name}-", dir=out.parent))
+    try:
+        export_hf(ckpt_dir, tokenizer, partial, tag)
+        (partial / EXPORT_SOURCE).write_text(json.dumps(source, indent=2))
+        os.chmod(partial, 0o755)  # mkdtemp's 0700, as a plain mkdir would make it
+        if out.exists():
+            old = out.with_name(f"{TEMPORARY}{out.name}-replaced-{os.getpid()}")
+            out.rename(old)
+            partial.rename(out)
+            shutil.rmtree(old)
+        else:
+            partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out

@@ -103,8 +103,8 @@ def _untrained_hf(run_dir: Path, step: int | None, out_dir: Path, seed: int) -> 
 
 
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig, seed: int = 0, step: int | None = None) -> dict:
-    """lm-eval on the run's exported model (runs/<id>/export/, written if missing; a checkpoint's goes
-    to eval/step-<N>/export/) and on the untrained baseline. Writes <eval dir>/lm_eval.json; returns
+    """lm-eval on the run's exported model (runs/<id>/export/, written unless made from this checkpoint; a
+    checkpoint's goes to eval/step-<N>/export/) and on the untrained baseline. Writes <eval dir>/lm_eval.json; returns
     {"version", "tasks", "trained": summary, "untrained": summary, "seconds"} or {"skipped": why}."""
     version = lm_eval_version()
     if version is None:
@@ -112,8 +112,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig, seed: int = 0, step: int 
     run_dir = Path(run_dir)
     eval_dir = run_dir / "eval" if step is None else run_dir / "eval" / f"step-{step}"
     export_dir = run_dir / "export" if step is None else eval_dir / "export"
-    if not (export_dir / "config.json").exists():
-        export_run(run_dir, export_dir, step)
+    export_run(run_dir, export_dir, step)  # reused only if made from this checkpoint (export.EXPORT_SOURCE)
     work = eval_dir / "lm_eval_work"
     started = time.monotonic()
     try:
