@@ -20,9 +20,15 @@ class ReaderConfig(_Section):
     url_key: str | None = "url"
     # Uncompressed JSONL and Parquet inputs are split into shards of about this size (one Ray task each).
     shard_bytes: int = Field(64 << 20, ge=1 << 10)
-    # Documents are written in row groups of about this much text: a read task holds one batch, not its shard.
+    # Documents are written in row groups of about this many bytes of records (every field, not only the text)
+    # or this many records, whichever comes first: a read task holds one batch, not its shard.
     batch_bytes: int = Field(8 << 20, ge=1)
+    batch_rows: int = Field(50_000, ge=1)
     max_doc_chars: int = Field(5_000_000, ge=1)  # larger documents are rejected as read.too_large
+    # A JSONL line, text file or WARC/WET record body over this many bytes is rejected as read.too_large before
+    # it is decoded, parsed or decompressed further, so one record never holds more than this in a read task.
+    # The default leaves room for a max_doc_chars document written as escaped JSON (\uXXXX, 6 bytes a character).
+    max_record_bytes: int = Field(32 << 20, ge=1 << 10)
     strict: bool = False  # an unreadable or truncated input file fails the run instead of a warning
 
 

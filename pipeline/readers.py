@@ -6,10 +6,12 @@ document per file), Common Crawl WARC (HTML responses -> main text with resilipa
 Shards (plan_shards): byte ranges of JSONL (of the uncompressed text for .gz/.zst), row-group ranges
 of Parquet, gzip-member-aligned byte ranges of .warc.gz/.wet.gz.
 
-Nothing is dropped silently: a record that cannot be used (bad JSON, invalid UTF-8, no text, too
-large, not HTML) is a rejected row with a reason code; a file that cannot be read, or ends early
-(truncated gzip/zstd), is a rejected row `read.unreadable_file` / `read.truncated` and an entry in
-the stage's `errors` (path, offset, error). Derived ids are `<file name>@<byte offset>` (or
+Nothing is dropped silently: a record that cannot be used (bad or too deeply nested JSON, invalid
+UTF-8, lone surrogates, no text, too large, not HTML) is a rejected row with a reason code, and the
+rest of its shard is read; a record's size is checked (`max_record_bytes`) before it is decoded or
+decompressed further. A file that cannot be read, or ends early (truncated gzip/zstd), is a rejected
+row `read.unreadable_file` / `read.truncated` and an entry in the stage's `errors` (path, offset,
+error). Derived ids are `<file name>@<byte offset>` (or
 `@row<n>` for Parquet), so they are the same whatever the shard size.
 """
 from __future__ import annotations
@@ -18,11 +20,14 @@ import contextlib
 import io
 import json
 import posixpath
+import re
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import fsspec
+from fsspec.spec import AbstractBufferedFile
 
 from . import storage
 from .config import ReaderConfig
@@ -245,22 +250,25 @@ def _base(url: str, key: str) -> dict:
     return {"id": f"{posixpath.basename(url)}{key}", "source": url, "url": None, "meta": None}
 
 
-def _error_record(url: str, key: str, reason: str, error: str, text: str = "") -> Record:
-    meta = json.dumps({"error": error, "offset": key.lstrip("@!")})
-    return Record({**_base(url, key), "text": text[:PREVIEW_CHARS], "meta": meta}, reason, key.lstrip("@!"))
+def _error_record(url: str, key: str, reason: str, error: str, text: str = "", **meta) -> Record:
+    meta = {"error": error, "offset": key.lstrip("@!"), **meta}
+    return Record({**_base(url, key), "text": text[:PREVIEW_CHARS], "meta": json.dumps(meta)}, reason, key.lstrip("@!"))
 
 
 def _from_mapping(obj: dict, url: str, key: str, cfg: ReaderConfig) -> Record:
-    text = obj.pop(cfg.text_key, None)
-    doc_id = obj.pop(cfg.id_key, None) if cfg.id_key else None
-    url_value = obj.pop(cfg.url_key, None) if cfg.url_key else None
-    doc = {
-        **_base(url, key),
-        "id": str(doc_id) if doc_id not in (None, "") else _base(url, key)["id"],
-        "text": text if isinstance(text, str) else "",
-        "url": str(url_value) if url_value is not None else None,
-        "meta": json.dumps(obj, ensure_ascii=False, default=str) if obj else None,
-    }
+    try:
+        text = obj.pop(cfg.text_key, None)
+        doc_id = obj.pop(cfg.id_key, None) if cfg.id_key else None
+        url_value = obj.pop(cfg.url_key, None) if cfg.url_key else None
+        doc = {
+            **_base(url, key),
+            "id": str(doc_id) if doc_id not in (None, "") else _base(url, key)["id"],
+            "text": text if isinstance(text, str) else "",
+            "url": str(url_value) if url_value is not None else None,
+            "meta": json.dumps(obj, ensure_ascii=False, default=str) if obj else None,
+        }
+    except (RecursionError, ValueError, TypeError) as e:  # a field nested too deep (or too big) to print as meta
+        return _error_record(url, key, "read.invalid_record", f"{type(e).__name__}: {e}")
     return _checked(doc, cfg, key, missing=not isinstance(text, str))
 
 
@@ -270,7 +278,18 @@ def _checked(doc: dict, cfg: ReaderConfig, key: str, missing: bool = False) -> R
     return record
 
 
+# Lone UTF-16 surrogates: JSON may escape them ("\ud800", from broken emoji), Python keeps them,
+# UTF-8 (Arrow, Parquet) cannot encode them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _checked_doc(doc: dict, cfg: ReaderConfig, missing: bool) -> Record:
+    unencodable = [k for k, v in doc.items() if isinstance(v, str) and _SURROGATE.search(v)]
+    if unencodable:  # the rejected row itself must be writable: surrogates become U+FFFD there
+        doc = {k: _SURROGATE.sub("\ufffd", v) if isinstance(v, str) else v for k, v in doc.items()}
+        meta = json.loads(doc["meta"] or "{}") | {"error": f"lone surrogate in {', '.join(unencodable)}"}
+        return Record({**doc, "text": doc["text"][:PREVIEW_CHARS], "meta": json.dumps(meta, ensure_ascii=False)},
+                      "read.invalid_unicode")
     text = doc["text"]
     if missing:
         return Record(doc, "read.missing_text")
@@ -291,41 +310,20 @@ def _decode(raw: bytes) -> tuple[str, str | None]:
         return raw.decode("utf-8", "replace"), str(e)
 
 
-class _ZstdReader(io.RawIOBase):
-    """Streaming zstd decompression (any number of frames) that raises on a truncated frame,
-    where zstandard's own stream reader just stops."""
-
-    def __init__(self, raw):
-        import zstandard
-
-        self._raw, self._new = raw, zstandard.ZstdDecompressor().decompressobj
-        self._dobj, self._buf, self._in_frame = self._new(), b"", False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, out) -> int:
-        while not self._buf:
-            chunk = self._raw.read(1 << 20)
-            if not chunk:
-                if self._in_frame:
-                    raise EOFError("zstd stream ended before the end of its frame (truncated file)")
-                return 0
-            while chunk:
-                self._in_frame = True
-                self._buf += self._dobj.decompress(chunk)
-                chunk = b""
-                if self._dobj.eof:
-                    chunk, self._dobj, self._in_frame = self._dobj.unused_data, self._new(), False
-        n = min(len(out), len(self._buf))
-        out[:n], self._buf = self._buf[:n], self._buf[n:]
-        return n
+def _zstd():
+    """The standard library's zstd (Python 3.14), or its backport: multi-frame, bounded reads, and an
+    EOFError on a truncated frame."""
+    if sys.version_info >= (3, 14):
+        from compression import zstd
+    else:
+        from backports import zstd
+    return zstd
 
 
 @contextlib.contextmanager
 def _open_stream(url: str, index: str | None = None):
-    """A binary stream with readline(), decompressed by extension; seekable for a gzip file with an
-    `index` (gzip_index)."""
+    """A binary stream with readline(size), decompressed by extension; seekable for a gzip file with
+    an `index` (gzip_index). Decompression is bounded by what is read, whatever the ratio."""
     if index:
         import indexed_gzip
 
@@ -337,17 +335,34 @@ def _open_stream(url: str, index: str | None = None):
             finally:
                 gz.close()
     elif url.lower().endswith(".zst"):
-        with fsspec.open(url, "rb") as raw:
-            yield io.BufferedReader(_ZstdReader(raw), 1 << 20)
+        with fsspec.open(url, "rb") as raw, _zstd().ZstdFile(raw) as f:
+            yield f
     else:
         with fsspec.open(url, "rb", compression="infer") as f:
-            yield f
+            # fsspec's own buffered files (object stores) have a readline() without a size limit
+            yield io.BufferedReader(f, 1 << 20) if isinstance(f, AbstractBufferedFile) else f
+
+
+def _readline(f, limit: int) -> tuple[bytes, int, bool]:
+    """(the next line, its size in bytes, whether it is whole). A line over `limit` bytes is read past
+    in pieces: only its first `limit` bytes are returned, never the whole line held."""
+    raw = f.readline(limit + 1)
+    if len(raw) <= limit or raw.endswith(b"\n"):
+        return raw, len(raw), True
+    size, piece = len(raw), raw
+    while piece and not piece.endswith(b"\n"):
+        piece = f.readline(1 << 20)
+        size += len(piece)
+    return raw, size, False
 
 
 def read_jsonl(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None,
                index: str | None = None) -> Iterator[Record]:
     """Records of the lines of a JSONL file that start in [start, end) (byte offsets of the
-    uncompressed text; end None: to the end of the file); `index`: a gzip file's seek index."""
+    uncompressed text; end None: to the end of the file); `index`: a gzip file's seek index.
+    Every error is one record's: a line over `cfg.max_record_bytes` is read.too_large before it is
+    decoded, a line JSON cannot parse (bad syntax, nesting deeper than the parser goes) read.invalid_json."""
+    limit = cfg.max_record_bytes
     with _open_stream(url, index) as f:
         pos = start
         if start:
@@ -355,13 +370,17 @@ def read_jsonl(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = No
                 _skip(f, start - 1)  # a decompressing stream cannot seek: decompress up to the range
             else:
                 f.seek(start - 1)
-            pos = start - 1 + len(f.readline())  # the line running into `start` belongs to the previous shard
+            pos = start - 1 + _readline(f, limit)[1]  # the line running into `start` belongs to the previous shard
         while end is None or pos < end:
             offset = pos
-            raw = f.readline()
-            if not raw:
+            raw, size, whole = _readline(f, limit)
+            if not size:
                 break
-            pos += len(raw)
+            pos += size
+            if not whole:
+                yield _error_record(url, f"@{offset}", "read.too_large", f"a line of {size} bytes, over "
+                                    f"max_record_bytes ({limit})", _decode(raw[:PREVIEW_CHARS])[0], bytes=size)
+                continue
             if not raw.strip():
                 continue  # blank lines are not records
             line, error = _decode(raw)
@@ -372,8 +391,9 @@ def read_jsonl(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = No
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-            except ValueError as e:
-                yield _error_record(url, f"@{offset}", "read.invalid_json", str(e), line)
+            except (ValueError, RecursionError) as e:
+                error = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+                yield _error_record(url, f"@{offset}", "read.invalid_json", error, line)
                 continue
             yield _from_mapping(obj, url, f"@{offset}", cfg)
 
@@ -403,8 +423,13 @@ def read_parquet_rows(url: str, cfg: ReaderConfig, start: int = 0, end: int | No
 
 def read_text(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
     """A plain-text file is one document; its id is the file name."""
+    limit = cfg.max_record_bytes
     with _open_stream(url) as f:
-        raw = f.read(cfg.max_doc_chars * 4 + 1)
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        preview = _decode(raw[:PREVIEW_CHARS])[0]
+        yield _error_record(url, "", "read.too_large", f"over max_record_bytes ({limit})", preview)
+        return
     text, error = _decode(raw)
     doc = {**_base(url, ""), "text": text}
     if error and "\x00" not in text:
@@ -475,12 +500,14 @@ def warc_splittable(url: str) -> bool:
 
 
 def read_warc(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None) -> Iterator[Record]:
-    """HTTP responses of a WARC file: HTML -> main text (resiliparse); other content is rejected."""
+    """HTTP responses of a WARC file: HTML -> main text (resiliparse); other content is rejected. The
+    status, type and declared size are checked before a body is read; a body is read and
+    decompressed only up to `cfg.max_record_bytes`."""
     from fastwarc.warc import WarcRecordType
     from resiliparse.extract.html2text import extract_plain_text
 
+    limit = cfg.max_record_bytes
     for rec, key, uri, meta in _warc_records(url, WarcRecordType.response, start, end):
-        body = _http_body(rec)
         content_type = (rec.http_headers.get("Content-Type") or "") if rec.http_headers else ""
         status = rec.http_headers.status_code if rec.http_headers else None
         meta |= {"content_type": content_type, "http_status": status}
@@ -489,31 +516,33 @@ def read_warc(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = Non
             yield Record(doc, "read.http_status", key[1:])
         elif "html" not in content_type.lower():
             yield Record(doc, "read.not_html", key[1:])
-        elif len(body) > cfg.max_doc_chars * 4:
-            yield Record(doc | {"meta": json.dumps(meta | {"bytes": len(body)})}, "read.too_large", key[1:])
+        elif (body := _http_body(rec, limit) if rec.content_length <= limit else None) is None:
+            yield Record(doc | {"meta": json.dumps(meta | {"bytes": rec.content_length})}, "read.too_large", key[1:])
         else:
             html = _html_text(body, content_type)
             doc["text"] = extract_plain_text(html, main_content=True, alt_texts=False, links=False)
             yield _checked(doc, cfg, key)
 
 
-def _http_body(rec) -> bytes:
-    """The HTTP payload, de-chunked and decompressed (wget and some crawlers store it raw)."""
+def _http_body(rec, limit: int) -> bytes | None:
+    """The HTTP payload, de-chunked and decompressed (wget and some crawlers store it raw); None when
+    it is over `limit` bytes, before or after decompression (read no further than that)."""
     from fastwarc.stream_io import ChunkedReader
 
     headers = rec.http_headers
-    if headers is not None and "chunked" in (headers.get("Transfer-Encoding") or "").lower():
-        body = ChunkedReader(rec.reader).read()
-    else:
-        body = rec.reader.read()
+    chunked = headers is not None and "chunked" in (headers.get("Transfer-Encoding") or "").lower()
+    body = (ChunkedReader(rec.reader) if chunked else rec.reader).read(limit + 1)
+    if len(body) > limit:
+        return None
     if headers is not None and (headers.get("Content-Encoding") or "").lower() in ("gzip", "x-gzip"):
-        import gzip
-        import zlib
-
+        gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError, zlib.error):
-            pass  # mislabelled: keep the bytes as they are
+            text = gunzip.decompress(body, limit + 1)
+        except zlib.error:
+            return body  # mislabelled: keep the bytes as they are
+        if len(text) > limit:
+            return None
+        return text if gunzip.eof else body  # a cut-off stream: as mislabelled
     return body
 
 
@@ -534,7 +563,12 @@ def read_wet(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = None
     """Extracted text (conversion records) of a Common Crawl WET file."""
     from fastwarc.warc import WarcRecordType
 
+    limit = cfg.max_record_bytes
     for rec, key, uri, meta in _warc_records(url, WarcRecordType.conversion, start, end):
+        if rec.content_length > limit:  # declared in the record's header: rejected before its body is read
+            doc = {**_base(url, key), "url": uri, "text": "", "meta": json.dumps(meta | {"bytes": rec.content_length})}
+            yield Record(doc, "read.too_large", key[1:])
+            continue
         text, error = _decode(rec.reader.read())
         if error:
             yield _error_record(url, key, "read.invalid_utf8", error, text)
@@ -562,10 +596,14 @@ def read_records(url: str, cfg: ReaderConfig, start: int = 0, end: int | None = 
         yield _error_record(url, f"!{start if last is None else last}", reason, f"{type(e).__name__}: {e}")
 
 
+RECORD_OVERHEAD = 64  # bytes a row costs in a batch beyond its strings (a record without text still counts)
+
+
 def read_file(url: str, shard: int, run_dir: str, cfg: ReaderConfig, start: int = 0, end: int | None = None,
               index: str | None = None) -> dict:
     """The read stage for one shard of an input file: its records become part `shard` of <run>/read,
-    written in batches of about `cfg.batch_bytes` of text, so memory is bounded by a batch, not the shard."""
+    written in batches of about `cfg.batch_bytes` (every field of a record counted, not only its text)
+    or `cfg.batch_rows` records, so memory is bounded by a batch, not the shard."""
     writer = PartWriter(run_dir, "read", shard)
     errors: list[dict] = []
     batch: list[Record] = []
@@ -581,8 +619,8 @@ def read_file(url: str, shard: int, run_dir: str, cfg: ReaderConfig, start: int 
                 errors.append({"path": url, "offset": record.offset, "reason": record.reason,
                                "error": json.loads(record.doc["meta"])["error"]})
             batch.append(record)
-            size += len(record.doc["text"])
-            if size >= cfg.batch_bytes:
+            size += sum(len(v) for v in record.doc.values() if isinstance(v, str)) + RECORD_OVERHEAD
+            if size >= cfg.batch_bytes or len(batch) >= cfg.batch_rows:
                 flush()
                 size = 0
         if errors and cfg.strict:

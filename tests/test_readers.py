@@ -1,17 +1,23 @@
 import gzip
 import json
+import sys
+import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import zstandard
 from helpers import write_jsonl
 
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import ReaderConfig
-from tokenmill.pipeline.readers import expand_inputs, plan_shards, read_file, read_jsonl, read_records
+from tokenmill.pipeline.readers import _from_mapping, expand_inputs, plan_shards, read_file, read_jsonl, read_records
 from tokenmill.pipeline.stages import part_step
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 WARC_DIR = Path(__file__).parent / "data" / "warc"
 CFG = ReaderConfig()
@@ -54,7 +60,7 @@ def test_custom_keys_and_compressions(tmp_path):
     with gzip.open(gz, "wt") as f:
         f.write(json.dumps(rows[0]) + "\n")
     zst = tmp_path / "in.jsonl.zst"
-    zst.write_bytes(zstandard.ZstdCompressor().compress((json.dumps(rows[0]) + "\n").encode()))
+    zst.write_bytes(zstd.compress((json.dumps(rows[0]) + "\n").encode()))
     cfg = ReaderConfig(text_key="content", id_key="doc_id", url_key="link")
     for path in (gz, zst):
         [record] = list(read_records(str(path), cfg))
@@ -65,7 +71,7 @@ def test_custom_keys_and_compressions(tmp_path):
 def test_truncated_gzip_and_zstd_keep_what_was_read_and_report_the_rest(tmp_path):
     lines = b"".join(json.dumps({"text": f"{ARTICLE} ({i})"}).encode() + b"\n" for i in range(2000))
     for path, data in ((tmp_path / "cut.jsonl.gz", gzip.compress(lines)),
-                       (tmp_path / "cut.jsonl.zst", zstandard.ZstdCompressor().compress(lines))):
+                       (tmp_path / "cut.jsonl.zst", zstd.compress(lines))):
         path.write_bytes(data[: len(data) * 2 // 3])
         records = list(read_records(str(path), CFG))
         assert records[0].reason is None and records[-1].reason == "read.truncated"
@@ -90,8 +96,11 @@ def test_a_50mb_document_is_rejected_as_too_large_not_loaded_into_the_run(tmp_pa
         f.write(json.dumps({"text": "word " * 10_000_000}) + "\n")
         f.write(json.dumps({"text": ARTICLE}) + "\n")
     records = list(read_records(str(path), CFG))
-    assert reasons_of(records) == ["read.too_large", None]
-    assert len(records[0].doc["text"]) <= 2000 and json.loads(records[0].doc["meta"])["chars"] == 50_000_000
+    assert reasons_of(records) == ["read.too_large", None]  # over max_record_bytes: never decoded or parsed
+    assert len(records[0].doc["text"]) <= 2000 and json.loads(records[0].doc["meta"])["bytes"] == 50_000_013
+    small = write_jsonl(tmp_path / "long.jsonl", [{"text": "word " * 1000}, {"text": ARTICLE}])
+    chars = list(read_records(str(small), ReaderConfig(max_doc_chars=4000)))  # parsed, then over max_doc_chars
+    assert reasons_of(chars) == ["read.too_large", None] and json.loads(chars[0].doc["meta"])["chars"] == 5000
 
 
 def test_parquet_and_text_files(tmp_path):
@@ -179,9 +188,9 @@ def test_compressed_jsonl_is_split_into_uncompressed_byte_ranges_with_the_same_r
     plain = write_jsonl(tmp_path / "all.jsonl", records).read_bytes()
     half = plain.index(b"\n", len(plain) // 2) + 1
     members = gzip.compress(plain[:half]) + gzip.compress(plain[half:])  # multi-member gzip, as pigz or cat make
-    frames = zstandard.ZstdCompressor().compress(plain[:half]) + zstandard.ZstdCompressor().compress(plain[half:])
+    frames = zstd.compress(plain[:half]) + zstd.compress(plain[half:])
     for name, data in (("in.jsonl.gz", gzip.compress(plain)), ("multi.jsonl.gz", members),
-                       ("in.jsonl.zst", zstandard.ZstdCompressor().compress(plain)), ("frames.jsonl.zst", frames)):
+                       ("in.jsonl.zst", zstd.compress(plain)), ("frames.jsonl.zst", frames)):
         path = tmp_path / name
         path.write_bytes(data)
         whole = [(r.doc, r.reason) for r in read_records(str(path), CFG)]
@@ -199,7 +208,7 @@ def test_compressed_jsonl_is_split_into_uncompressed_byte_ranges_with_the_same_r
 def test_a_truncated_compressed_file_split_in_shards_reports_the_cut_once_with_path_and_offset(tmp_path):
     lines = b"".join(json.dumps({"text": f"{ARTICLE} ({i})"}).encode() + b"\n" for i in range(2000))
     for path, data in ((tmp_path / "cut.jsonl.gz", gzip.compress(lines)),
-                       (tmp_path / "cut.jsonl.zst", zstandard.ZstdCompressor().compress(lines))):
+                       (tmp_path / "cut.jsonl.zst", zstd.compress(lines))):
         path.write_bytes(data[: len(data) * 2 // 3])
         whole = [(r.doc, r.reason) for r in read_records(str(path), CFG)]
         shards, pieces = _split_read(path, 10_000, str(tmp_path / "index"))  # cannot be indexed: shards skip
@@ -222,3 +231,97 @@ def test_warc_and_wet_gz_are_split_at_record_members_with_the_same_records(tmp_p
     single = tmp_path / "single.warc.gz"
     single.write_bytes(gzip.compress(gzip.decompress((WARC_DIR / "dolma_wget_sample_0000.warc.gz").read_bytes())))
     assert len(plan_shards([str(single)], 1024)) == 1 and len(list(read_records(str(single), CFG))) == 22
+
+
+def test_hostile_jsonl_records_are_rejected_one_by_one_and_the_rest_of_the_shard_is_read(tmp_path):
+    good = [{"text": f"{ARTICLE} ({i})"} for i in range(10)]
+    path = write_jsonl(tmp_path / "hostile.jsonl", [
+        '{"text": "caf\\ud800 broken emoji"}',  # valid JSON, a lone surrogate: UTF-8 cannot store it
+        '{"text": "fine text", "id": "\\udfff", "tags": ["\\ud83d"]}',  # in the id and the meta
+        '{"text": ' + "[" * 5000 + "]" * 5000 + "}",  # deeper than the parser goes: RecursionError
+        '{"text": "ok", "deep": ' + "[" * 200 + "]" * 200 + "}",  # nested, but not too deep: kept
+        '{"text": "' + "x" * 20_000 + '"}',  # over max_record_bytes below
+        *good,
+    ])
+    cfg = ReaderConfig(max_record_bytes=16_384)
+    records = list(read_records(str(path), cfg))
+    assert reasons_of(records)[:3] == ["read.invalid_unicode", "read.invalid_unicode", "read.invalid_json"]
+    assert reasons_of(records)[3:5] == [None, "read.too_large"] and records[3].doc["meta"].startswith('{"deep": [[[')
+    assert [r.doc["text"] for r in records[5:]] == [g["text"] for g in good] and reasons_of(records[5:]) == [None] * 10
+    assert records[0].doc["text"] == "caf\ufffd broken emoji" and "lone surrogate in text" in records[0].doc["meta"]
+    assert "RecursionError" in json.loads(records[2].doc["meta"])["error"]
+    assert json.loads(records[4].doc["meta"])["bytes"] == 20_000 + 13 and len(records[4].doc["text"]) <= 2000
+
+    # the read task writes all of them: the rejected rows are encodable, the books add up
+    stats = read_file(str(path), 0, str(tmp_path / "run"), cfg)
+    assert stats["docs_in"] == 15 and stats["docs_kept"] == 11
+    rejected = pq.read_table(tmp_path / "run" / "rejected" / "read" / "part-00000.parquet")
+    assert rejected["text"].to_pylist()[0] == "caf\ufffd broken emoji"
+
+    deep: list = []
+    for _ in range(sys.getrecursionlimit() + 100):  # a mapping (JSON or Parquet) too deep to print as meta
+        deep = [deep]
+    record = _from_mapping({"text": "ok", "deep": deep}, "x.jsonl", "@0", cfg)
+    assert record.reason == "read.invalid_record" and "RecursionError" in record.doc["meta"]
+
+
+def _peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_compressed_line_bomb_is_skipped_in_bounded_memory(tmp_path):
+    # 16 MB of one line, compressed to a few KB: neither decompressed whole nor held as a line
+    bomb = b'{"text": "' + b"a" * (16 << 20) + b'"}\n' + json.dumps({"text": ARTICLE}).encode() + b"\n"
+    for name, data in (("bomb.jsonl.zst", zstd.compress(bomb)), ("bomb.jsonl.gz", gzip.compress(bomb))):
+        (tmp_path / name).write_bytes(data)
+    del bomb
+    cfg = ReaderConfig(max_record_bytes=256 << 10)
+    for name in ("bomb.jsonl.zst", "bomb.jsonl.gz"):
+        records, peak = _peak_bytes(lambda: list(read_records(str(tmp_path / name), cfg)))
+        assert reasons_of(records) == ["read.too_large", None] and records[1].doc["text"] == ARTICLE
+        assert json.loads(records[0].doc["meta"])["bytes"] == (16 << 20) + 13
+        assert peak < 4 << 20, (name, peak)  # a few times max_record_bytes, not the 16 MB line
+
+
+def _warc(records: list[tuple[str, bytes]]) -> bytes:
+    out = b""
+    for i, (uri, http) in enumerate(records):
+        out += (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\n"
+                f"WARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-{i:012d}>\r\nWARC-Date: 2024-01-01T00:00:00Z\r\n"
+                f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n").encode()
+        out += http + b"\r\n\r\n"
+    return out
+
+
+def _http(status: str, headers: str, body: bytes) -> bytes:
+    return f"HTTP/1.1 {status}\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_warc_bodies_are_checked_before_they_are_read_and_decompressed_in_bounds(tmp_path):
+    page = f"<html><body><p>{ARTICLE}</p></body></html>".encode()
+    html = "Content-Type: text/html; charset=utf-8\r\n"
+    path = tmp_path / "hostile.warc"
+    path.write_bytes(_warc([
+        ("http://a/404", _http("404 Not Found", html, b"x" * (1 << 20))),
+        ("http://a/pdf", _http("200 OK", "Content-Type: application/pdf\r\n", b"%PDF" + b"\0" * (1 << 20))),
+        ("http://a/big", _http("200 OK", html, b"<p>" + b"y" * (1 << 20))),  # declared size over the limit
+        ("http://a/bomb", _http("200 OK", html + "Content-Encoding: gzip\r\n",
+                                gzip.compress(b"<p>" + b"z" * (16 << 20)))),  # a few KB that gunzip to 16 MB
+        ("http://a/ok", _http("200 OK", html, page)),
+    ]))
+    records, peak = _peak_bytes(lambda: list(read_records(str(path), ReaderConfig(max_record_bytes=256 << 10))))
+    assert reasons_of(records) == ["read.http_status", "read.not_html", "read.too_large", "read.too_large", None]
+    assert records[-1].doc["url"] == "http://a/ok" and ARTICLE in records[-1].doc["text"]
+    assert peak < 4 << 20, peak
+
+
+def test_read_batches_are_bounded_by_records_not_only_text(tmp_path):
+    path = write_jsonl(tmp_path / "no_text.jsonl", [{"body": f"record {i} under another key"} for i in range(100)])
+    stats = read_file(str(path), 0, str(tmp_path / "run"), ReaderConfig(batch_rows=10))
+    assert stats["rejected"] == {"read.missing_text": 100}
+    assert pq.ParquetFile(tmp_path / "run" / "rejected" / "read" / "part-00000.parquet").num_row_groups == 10
