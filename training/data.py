@@ -34,7 +34,7 @@ class TokenRows:
 
     def __getitem__(self, idx) -> np.ndarray:
         """Rows `idx` (an int, a slice or an array of row numbers) as a new (n, seq_len + 1) array."""
-        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
+        idx = np.arange(*idx.indices(len(self))) if isinstance(idx, slice) else np.asarray(idx)
         flat = np.atleast_1d(idx)
         which = np.searchsorted(self._starts, flat, side="right") - 1
         out = np.empty((len(flat), self.seq_len + 1), self._batches[0].dtype)
