@@ -6,6 +6,7 @@ unless PREFECT_API_URL is set), so this process and every Ray worker talk to the
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from .config import RunConfig, load_config
 
@@ -331,14 +333,25 @@ def inspect_cmd(run: str = typer.Argument(..., help="run id (under --output-dir)
     examples = funnel.rejected_examples(run_dir, reason, limit)
     if not examples:
         known = ", ".join(f"{r} ({n})" for r, n in sorted(funnel.reasons_of(run_dir).items()))
-        console.print(f"[yellow]no document rejected for {reason!r}.[/yellow] Reasons in this run: {known}")
+        console.print(f"[yellow]no document rejected for {escape(repr(reason))}.[/yellow] Reasons in this run: {escape(known)}")
         raise typer.Exit(1)
-    for doc in examples:
+    for doc in examples:  # every string here comes from the data: shown as plain text, never markup
         text = doc["text"] or ""
-        more = f"\n[dim]... {len(text) - chars:,} more chars[/dim]" if len(text) > chars else ""
-        title = f"{doc['reason']}  [dim]stage {doc['stage']}  id {doc['id']}[/dim]"
-        subtitle = f"{doc['url'] or doc['source']}  ({len(text):,} chars)"
-        console.print(Panel(escape(text[:chars]) + more, title=title, subtitle=subtitle, title_align="left"))
+        body = _plain(text[:chars])
+        if len(text) > chars:
+            body.append(f"\n... {len(text) - chars:,} more chars", style="dim")
+        title = Text.assemble(_plain(doc["reason"]), (f"  stage {doc['stage']}  id ", "dim"), _plain(doc["id"], "dim"))
+        subtitle = Text.assemble(_plain(doc["url"] or doc["source"]), f"  ({len(text):,} chars)")
+        console.print(Panel(body, title=title, subtitle=subtitle, title_align="left"))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _plain(value, style: str = "") -> Text:
+    """`value` as text that reaches the terminal as written: no rich markup, and control characters
+    (ESC sequences that retitle or recolour the terminal, BEL...) shown as \\xNN instead of sent."""
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value)), style=style)
 
 
 if __name__ == "__main__":

@@ -177,3 +177,26 @@ def test_infra_files_expose_nothing_without_auth():
         cluster = spec.get("rayClusterSpec", spec)
         if cluster["headGroupSpec"]["rayStartParams"].get("dashboard-host", "127.0.0.1") != "127.0.0.1":
             assert cluster.get("authOptions", {}).get("mode") == "token", name
+
+
+def test_inspect_prints_data_as_plain_text(tmp_path):
+    """Ids, urls, reasons and text come from crawled data: no rich markup is applied to them and no
+    terminal escape reaches the terminal."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from tokenmill.flows.cli import app
+
+    run = tmp_path / "run"
+    (run / "read").mkdir(parents=True)
+    (run / "rejected" / "read").mkdir(parents=True)
+    (run / "read" / "_stats.json").write_text(json.dumps({"docs_in": 1, "docs_kept": 0, "rejected": {"read.bad": 1}}))
+    pq.write_table(pa.table({"id": ["[bold]id[/bold]"], "text": ["[red]text[/red] \x1b]0;owned\x07 \x1b[2J tail"],
+                             "source": ["s"], "url": ["http://x/[link=file:///etc]u[/link]"], "reason": ["read.bad"]}),
+                   run / "rejected" / "read" / "part-00000.parquet")
+    shown = CliRunner().invoke(app, ["inspect", str(run), "--reason", "read"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    for literal in ("[bold]id[/bold]", "[red]text[/red]", "[link=file:///etc]u[/link]", r"\x1b]0;owned\x07", r"\x1b[2J"):
+        assert literal in shown.output, (literal, shown.output)
+    assert "\x1b" not in shown.output and "\x07" not in shown.output
