@@ -176,7 +176,7 @@ def curate_cmd(inputs: Optional[List[str]] = typer.Argument(None, help="input fi
 @app.command("dedup")
 def dedup_cmd(inputs: List[str] = typer.Argument(..., help="input files, directories or globs (JSONL, plain or compressed)"),
               out: Path = typer.Option(..., "--out", help="output directory: kept docs in OUT/dedup, duplicates in OUT/rejected/dedup"),
-              threshold: Optional[float] = typer.Option(None, help="Jaccard similarity that makes a near duplicate (default 0.8)"),
+              threshold: Optional[float] = typer.Option(None, help="Jaccard similarity that makes a near duplicate (default 0.7)"),
               num_perm: Optional[int] = typer.Option(None, "--num-perm", help="MinHash permutations (default 128)"),
               ngram: Optional[int] = typer.Option(None, help="words per shingle (default 5)"),
               exact: Optional[bool] = typer.Option(None, "--exact/--no-exact", help="drop exact copies first (default: on)"),

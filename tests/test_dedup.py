@@ -205,7 +205,8 @@ def test_bands_split_the_signature_into_rows():
 def test_lsh_params_follow_threshold():
     b, r = dedup.lsh_params(DedupConfig(threshold=0.8, num_perm=128))
     assert b * r <= 128 and (1 / b) ** (1 / r) > 0.6
-    assert dedup.num_partitions(DedupConfig(partitions=2, max_partition_rows=1000), docs=1000) == 12  # 1000 docs x 12 bands
+    wide = DedupConfig(threshold=0.8, partitions=2, max_partition_rows=1000)
+    assert dedup.num_partitions(wide, docs=1000) == 12  # 1000 docs x 12 bands
 
 
 # ---- the steps --------------------------------------------------------------------------------------
