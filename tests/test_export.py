@@ -62,3 +62,39 @@ def test_export_is_atomic_reused_only_for_the_same_checkpoint_and_never_overwrit
     with pytest.raises(ValueError, match="is not a tokenmill export"):
         export_run(run, mine)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_pruning_keeps_the_newest_checkpoints_by_step_and_ignores_other_directories(tmp_path):
+    from tokenmill.training.checkpoint import kept_steps, prune_checkpoints
+
+    for name in ("step0000008", "step0000012", "step0000100", "step_best", "stepping-notes"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_config.json").write_text("{}")
+    prune_checkpoints(tmp_path, keep=2)  # by name, step_best sorted last and the newest was deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step0000012", "step0000100", "step_best", "stepping-notes"]
+    assert kept_steps(tmp_path) == {12: "step0000012", 100: "step0000100"}
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling this would create the marker file
+
+
+def test_checkpoint_loads_run_no_code_from_the_pickle(tmp_path):
+    """DeepSpeed's load_checkpoint calls torch.load(weights_only=False); under weights_only_loads (resume and
+    export) a checkpoint whose pickle names a callable is refused before it runs."""
+    import pickle
+
+    from tokenmill.training.checkpoint import weights_only_loads
+
+    marker, ckpt = tmp_path / "pwned", tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.ones(2)}, "client": _RunsCode(str(marker))}, ckpt)
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        torch.load(ckpt, weights_only=False)  # what DeepSpeed's checkpoint engine passes
+    assert not marker.exists()
+    with weights_only_loads():
+        torch.save({"module": {"w": torch.ones(2)}, "step": 3}, ckpt)
+        assert torch.load(ckpt, weights_only=False)["step"] == 3

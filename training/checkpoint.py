@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,10 +52,42 @@ def latest_tag(ckpt_dir: str | Path) -> str | None:
     return latest.read_text().strip() if latest.exists() else None
 
 
+def checkpoint_dirs(ckpt_dir: str | Path) -> dict[int, Path]:
+    """The checkpoint directories (step<digits>, complete or not) by step, oldest first; anything else
+    a user put there (step_best/, notes) is not one."""
+    found = {int(p.name[4:]): p for p in Path(ckpt_dir).glob("step*") if p.is_dir() and p.name[4:].isdigit()}
+    return dict(sorted(found.items()))
+
+
 def kept_steps(ckpt_dir: str | Path) -> dict[int, str]:
     """Complete checkpoints on disk (model_config.json is written last), tag by step."""
-    return {int(p.name[4:]): p.name for p in sorted(Path(ckpt_dir).glob("step*"))
-            if p.is_dir() and p.name[4:].isdigit() and (p / "model_config.json").exists()}
+    return {step: p.name for step, p in checkpoint_dirs(ckpt_dir).items() if (p / "model_config.json").exists()}
+
+
+def prune_checkpoints(ckpt_dir: str | Path, keep: int) -> None:
+    """Remove all but the `keep` newest checkpoints, by step number (not by name)."""
+    for old in list(checkpoint_dirs(ckpt_dir).values())[:-keep]:
+        shutil.rmtree(old)
+
+
+@contextmanager
+def weights_only_loads():
+    """DeepSpeed's checkpoint readers call torch.load(weights_only=False), which runs whatever code a
+    pickle names; force weights_only=True and allow the few plain DeepSpeed classes its files hold."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
 def checkpoint_tag(ckpt_dir: str | Path, step: int) -> str:
@@ -79,8 +113,7 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, batches, ds_config: dict,
         (ckpt_dir / tag / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
         (ckpt_dir / tag / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
         storage.write_bytes(str(ckpt_dir / "latest"), tag.encode())  # atomic: temp file, then rename
-        for old in sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())[:-keep]:
-            shutil.rmtree(old)
+        prune_checkpoints(ckpt_dir, keep)
     torch.distributed.barrier()
 
 
@@ -95,7 +128,8 @@ def resume(engine, ckpt_dir: Path, model_cfg: ModelConfig, batches, rank: int) -
         diff = {k: (v, getattr(model_cfg, k)) for k, v in saved.model_dump().items() if getattr(model_cfg, k) != v}
         raise ValueError(f"{ckpt_dir / tag} was trained with a different model (checkpoint vs now: {diff}); "
                          "the tokens or train.model changed since; use a new run id or delete the checkpoints")
-    _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    with weights_only_loads():  # a checkpoint is data: loading it must not run code
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if client is None:
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
     world = torch.distributed.get_world_size()

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,28 +18,8 @@ import torch
 from tokenmill.pipeline.contracts import EOS, MANIFEST
 from tokenmill.pipeline.storage import TEMPORARY
 
-from .checkpoint import TIED, checkpoint_tag, latest_tag, save_fp32
+from .checkpoint import TIED, checkpoint_tag, latest_tag, save_fp32, weights_only_loads
 from .config import ModelConfig
-
-
-@contextmanager
-def _weights_only_loads():
-    """DeepSpeed's checkpoint readers call torch.load(weights_only=False); force weights_only=True
-    (no code runs while unpickling) and allow the few plain DeepSpeed classes its files hold."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
 def consolidate(ckpt_dir: str | Path, tag: str | None = None) -> tuple[dict[str, torch.Tensor], ModelConfig]:
@@ -51,7 +30,7 @@ def consolidate(ckpt_dir: str | Path, tag: str | None = None) -> tuple[dict[str,
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint (no 'latest' file); train the run first")
     cfg = ModelConfig.model_validate_json((ckpt_dir / tag / "model_config.json").read_text())
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    with _weights_only_loads():
+    with weights_only_loads():
         if list((ckpt_dir / tag).glob("*zero_pp_rank_*_optim_states.pt")):  # ZeRO 1-3, or bf16 master weights
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -144,8 +123,8 @@ def run_tokenizer(run_dir: str | Path) -> Path:
 # What an export was made from, written into it: a later export or evaluation reuses the directory
 # only when it was made from the same checkpoint files and tokenizer, never another model's.
 EXPORT_SOURCE = "tokenmill_export.json"
-EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "special_tokens_map.json",
-                "tokenizer_config.json", EXPORT_SOURCE}  # what write_hf and export_run write
+EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "special_tokens_map.json", "tokenizer_config.json", EXPORT_SOURCE}  # what write_hf and export_run write
 
 
 def _source(ckpt_dir: Path, tag: str, tokenizer: Path) -> dict:
