@@ -48,8 +48,9 @@ _TIME = re.compile(r"(1[0-2]|[1-9])(a\.m\.|p\.m\.|am|pm)")
 
 
 _MAX_SPECIAL = max(map(len, (*_SPECIAL, *_ABBREVIATIONS)))
-_CONTRACTION_ENDS = tuple(a + e for a in "'’" for e in ("re", "ll", "ve", "d", "m", "RE", "LL", "VE", "D", "M")) + (
-    "n't", "n’t")
+_CONTRACTION_ENDS: dict[str, list[str]] = {}  # by last character
+for _end in [a + e for a in "'’" for e in ("re", "ll", "ve", "d", "m", "RE", "LL", "VE", "D", "M")] + ["n't", "n’t"]:
+    _CONTRACTION_ENDS.setdefault(_end[-1], []).append(_end)
 _URL_NO_USER = re.compile(_URL.pattern.replace(r"(?:\S+(?::\S*)?@)?", "", 1))
 _URL_HOST = re.compile(_URL.pattern.split(r"(?:\S+(?::\S*)?@)?", 1)[1])
 
@@ -82,7 +83,7 @@ class _Chunk:
                 return [w]
             if w in _SPECIAL:
                 return _SPECIAL[w]
-        for end in _CONTRACTION_ENDS:
+        for end in _CONTRACTION_ENDS.get(s[j - 1], ()) if n else ():
             if s.endswith(end, i, j):
                 k = j - len(end)  # the lazy "(.+?)" of the contraction pattern leaves the one ending that fits
                 if (end[0] == "n" or (k - i <= 6 and s[i:k].lower() in _CLITICS)) and self.letters(i, k):
