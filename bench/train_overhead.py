@@ -1,12 +1,16 @@
 """Step time of the DeepSpeed job's engine (ZeRO-0/1/2/3) against a plain PyTorch AdamW loop (DDP with 2
 processes) on the same model and batch, on CPU with 1 and 2 processes; printed as ratios to plain
-PyTorch measured in the same run. Goal: ZeRO-2 <= 1.15x plain.
+PyTorch measured in the same run. Goal: ZeRO-2 <= 1.15x plain. With `--launchers torchrun ray`, the
+same measurement also runs as a Ray Train job (TorchTrainer workers on a local Ray, as `train.launcher:
+ray` runs training) and the table adds Ray Train's step time as a ratio to torchrun's, and each
+launcher's start-up (launch to the first timed step).
 
     python bench/train_overhead.py                    # tiny preset, seq 128, micro-batch 8
     python bench/train_overhead.py --steps 20 --nproc 2
+    python bench/train_overhead.py --nproc 2 --launchers torchrun ray --variants plain zero2
 
-Each process count is one torchrun job that times every variant in turn, interleaved over
---rounds rounds (the median step of each round; the best round counts), so drift hits all alike.
+Each process count is one job that times every variant in turn, interleaved over --rounds rounds
+(the median step of each round; the best round counts), so drift hits all alike.
 """
 from __future__ import annotations
 
@@ -65,10 +69,11 @@ def worker(args) -> None:
             return loss
         return step
 
-    steps = {v: make(v) for v in VARIANTS}
-    best = {v: float("inf") for v in VARIANTS}
+    steps = {v: make(v) for v in args.variants}
+    first_step_at = time.time() - args.launched_at
+    best = {v: float("inf") for v in args.variants}
     for _ in range(args.rounds):
-        for v in VARIANTS:
+        for v in args.variants:
             times = []
             for i in range(args.warmup + args.steps):
                 torch.distributed.barrier()
@@ -77,8 +82,47 @@ def worker(args) -> None:
                 times.append(time.perf_counter() - t0)
             best[v] = min(best[v], statistics.median(times[args.warmup:]))
     if rank == 0:
-        Path(args.out).write_text(json.dumps({"params": model_cfg.num_params(), "step_s": best}))
+        Path(args.out).write_text(json.dumps({"params": model_cfg.num_params(), "step_s": best, "first_step_at": first_step_at}))
     torch.distributed.destroy_process_group()
+
+
+def ray_worker(config: dict) -> None:
+    """One Ray Train worker: the same timing loop, with torchrun's thread count."""
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    worker(argparse.Namespace(**config["args"]))
+
+
+def run_torchrun(args, n: int, out: Path) -> dict:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+            __file__, "--worker", "--out", str(out), "--preset", args.preset, "--vocab", str(args.vocab),
+            "--seq-len", str(args.seq_len), "--micro-batch", str(args.micro_batch), "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--variants", *args.variants,
+            "--launched-at", str(time.time())]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
+    proc = subprocess.run(argv, check=False, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{n}-process torchrun job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def run_ray_train(args, n: int, out: Path) -> dict:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cores = os.cpu_count() or 1
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(cores, n), include_dashboard=False, logging_level="error", log_to_driver=False)
+    wargs = {k: v for k, v in vars(args).items() if k not in ("launchers", "nproc")}
+    wargs.update(out=str(out), launched_at=time.time())
+    trainer = TorchTrainer(ray_worker, train_loop_config={"args": wargs, "threads": max(1, cores // n)},
+                           torch_config=TorchConfig(backend="gloo"),
+                           scaling_config=ScalingConfig(num_workers=n, resources_per_worker={"CPU": max(cores, n) / n}),
+                           run_config=RunConfig(name=f"bench-train-overhead-{n}", storage_path=str(out.parent / "ray")))
+    trainer.fit()
+    return json.loads(out.read_text())
 
 
 def main() -> None:
@@ -91,36 +135,36 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--launchers", nargs="+", default=["torchrun"], choices=["torchrun", "ray"])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--launched-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
 
     cores = os.cpu_count() or 1
-    rows = {}
+    run = {"torchrun": run_torchrun, "ray": run_ray_train}
+    rows = {}  # (launcher, processes) -> result
     for n in args.nproc:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "result.json"
-            argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                    __file__, "--worker", "--out", str(out), "--preset", args.preset, "--vocab", str(args.vocab),
-                    "--seq-len", str(args.seq_len), "--micro-batch", str(args.micro_batch), "--steps", str(args.steps),
-                    "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
-            env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, cores // n)))
-            proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"{n}-process run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            rows[n] = json.loads(out.read_text())
+        for launcher in args.launchers:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows[launcher, n] = run[launcher](args, n, Path(tmp) / "result.json")
 
     params = next(iter(rows.values()))["params"]
     print(f"model {args.preset} ({params:,} params), seq {args.seq_len}, micro-batch {args.micro_batch} per process, "
           f"fp32, CPU ({cores} cores), median of {args.steps} steps, best of {args.rounds} rounds")
-    print(f"{'processes':>9}  {'variant':<8} {'step ms':>9} {'x plain':>8}")
-    for n, row in rows.items():
-        plain = row["step_s"]["plain"]
-        for v in VARIANTS:
+    print(f"{'launcher':<9} {'processes':>9}  {'variant':<10} {'step ms':>9} {'x plain':>8} {'x torchrun':>10} {'start s':>8}")
+    for (launcher, n), row in rows.items():
+        plain = row["step_s"].get("plain")
+        for v in args.variants:
             label = ("DDP" if n > 1 else "plain") + " AdamW" if v == "plain" else f"ZeRO-{v[-1]}"
-            print(f"{n:>9}  {label:<10} {row['step_s'][v] * 1e3:>7.1f} {row['step_s'][v] / plain:>8.2f}")
+            base = rows.get(("torchrun", n))
+            vs_plain = f"{row['step_s'][v] / plain:>8.2f}" if plain else f"{'':>8}"
+            vs_torchrun = f"{row['step_s'][v] / base['step_s'][v]:>10.2f}" if base else f"{'':>10}"
+            print(f"{launcher:<9} {n:>9}  {label:<10} {row['step_s'][v] * 1e3:>7.1f} {vs_plain} {vs_torchrun} "
+                  f"{row['first_step_at']:>8.1f}")
 
 
 if __name__ == "__main__":

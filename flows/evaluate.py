@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tokenmill.pipeline import storage
 from tokenmill.training.config import EvalConfig
 
+from .cluster import on_ray
 from .config import RunConfig
 from .report import artifact_key, metric_rows, write_reports
 from .runtime import stage
@@ -16,10 +17,12 @@ from .runtime import stage
 # torch (and lm-eval's transformers) are imported in the tasks, where the work runs: importing the
 # flows (the CLI, a deployment) must not pay for them.
 @task(name="evaluate-model")
-def evaluate_task(train_dir: str, tokens_dir: str, cfg: EvalConfig, seed: int, step: int | None) -> dict:
+def evaluate_task(train_dir: str, tokens_dir: str, cfg: EvalConfig, seed: int, step: int | None,
+                  ray_name: str = "evaluate-model") -> dict:
     from tokenmill.training.evaluate import evaluate
 
-    return evaluate(train_dir, tokens_dir, cfg, seed=seed, step=step)
+    # A Ray task on the run's Ray (on the cluster's workers, in its dashboard), in this process without one.
+    return on_ray(evaluate, ray_name, train_dir, tokens_dir, cfg, seed=seed, step=step)
 
 
 @task(name="lm-eval")
@@ -43,7 +46,7 @@ def evaluate(config: RunConfig, checkpoint: int | None = None) -> dict:
 
     def run():
         metrics = evaluate_task(storage.join(run_dir, "train"), storage.join(run_dir, "tokens"), config.evaluate,
-                                seed=config.train.seed, step=checkpoint)
+                                seed=config.train.seed, step=checkpoint, ray_name=f"{config.run_id}-{name.replace('/', '-')}")
         if config.evaluate.lm_eval:
             metrics["lm_eval"] = lm_eval_task(run_dir, config.evaluate, seed=config.train.seed, step=checkpoint)
             get_run_logger().info("lm-eval: %s", metrics["lm_eval"].get("skipped") or metrics["lm_eval"]["trained"])

@@ -1,4 +1,5 @@
-"""The train flow: run the DeepSpeed job as its own processes, stream its progress to the flow log,
+"""The train flow: run the DeepSpeed job as its own processes (torchrun, a hostfile's nodes, or Ray Train
+workers on the run's Ray cluster), stream its progress to the flow log,
 and publish its loss curve (PNG) and final table as Prefect artifacts."""
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from tokenmill.pipeline.contracts import MANIFEST
 from tokenmill.training import launch
 from tokenmill.training.metrics import final_table, loss_curve_png, read_metrics
 
+from .cluster import ray_runtime
 from .config import RunConfig
 from .report import artifact_key, write_run_config
 from .runtime import stage
 
 # How the job runs, not what it computes: changing them between attempts (more threads, a quieter log,
 # another checkpoint cadence) must neither refuse the resume of a killed train stage nor a rerun.
-RUN_ONLY = {"threads_per_proc", "log_every", "save_every", "keep_checkpoints"}
+RUN_ONLY = {"threads_per_proc", "log_every", "save_every", "keep_checkpoints", "launcher", "resources_per_worker",
+            "max_failures"}
 
 
 def train_settings(config: RunConfig) -> dict:
@@ -31,11 +34,19 @@ def train_settings(config: RunConfig) -> dict:
     return {"train": config.train.model_dump(exclude=RUN_ONLY), "tokens_manifest_sha256": storage.sha256_file(manifest)}
 
 
+def on_ray_train(config: RunConfig) -> bool:
+    """Whether the job runs through Ray Train (train.launcher; auto: when the run uses a Ray cluster)."""
+    return config.train.launcher == "ray" or (config.train.launcher == "auto" and config.ray.address is not None)
+
+
 @task(name="deepspeed-job")
 def run_training_job(config: RunConfig) -> dict:
     logger = get_run_logger()
     tokens_dir, out_dir = storage.join(config.run_dir, "tokens"), storage.join(config.run_dir, "train")
-    return launch.run_job(config.train, tokens_dir, out_dir, on_line=logger.info)
+    if not on_ray_train(config):
+        return launch.run_job(config.train, tokens_dir, out_dir, on_line=logger.info)
+    with ray_runtime(config.ray, config.run_id, "train"):  # the run's Ray, or one for this flow alone
+        return launch.run_job(config.train, tokens_dir, out_dir, on_line=logger.info, ray_name=f"{config.run_id}-train")
 
 
 @task(name="publish-training-artifacts")

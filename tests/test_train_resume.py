@@ -1,14 +1,15 @@
-"""Exact resume: a 2-process job SIGKILLed mid-way and restarted continues the loss curve of an
-uninterrupted run (CPU, fp32, gloo), for ZeRO-2 and ZeRO-3."""
+"""Exact resume: a 2-process job whose launcher is SIGKILLed mid-way (its ranks follow it) and restarted
+continues the loss curve of an uninterrupted run (CPU, fp32, gloo), for ZeRO-2 and ZeRO-3."""
 import json
-import os
-import signal
 import subprocess
+import sys
+import time
 
+import psutil
 import pytest
 
 from tokenmill.training.config import TrainConfig
-from tokenmill.training.launch import command, environment, parse_event, run_job, write_job
+from tokenmill.training.launch import run_job
 
 
 def metrics(train_dir) -> list[dict]:
@@ -26,22 +27,45 @@ def tensorboard_losses(train_dir) -> dict[int, float]:
 
 
 def kill_mid_way(cfg: TrainConfig, tokens, train_dir, after_step: int) -> None:
-    """Start the job as its own process group, SIGKILL the whole group once it reports `after_step`.
-    Its events are read from its output as they are written (no polling): the rest of this tiny job
-    takes a few hundred milliseconds, far longer than the kill."""
-    proc = subprocess.Popen(command(cfg, write_job(cfg, str(tokens), str(train_dir))), env=environment(cfg),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, text=True)
+    """Start the job from a launcher process (as the CLI does), SIGKILL the launcher once the job reports
+    `after_step`: torchrun outlives it, its ranks see it gone (launch.exit_with_launcher) and exit, and
+    torchrun follows; nothing it started may be left. The launcher's output pipe stays open here until
+    then, so a broken pipe is not what stops them. Events are read as they are written (no polling):
+    the rest of this tiny job takes a few hundred milliseconds, far longer than the kill."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", ("import sys; from tokenmill.training.config import TrainConfig; "
+                                "from tokenmill.training.launch import run_job; "
+                                "run_job(TrainConfig.model_validate_json(sys.argv[1]), sys.argv[2], sys.argv[3])"),
+         cfg.model_dump_json(), str(tokens), str(train_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    started, ranks = [], []
     try:
-        for line in proc.stdout:
-            event = parse_event(line)
-            if event and event["event"] == "step" and event["step"] >= after_step:
+        for line in launcher.stdout:
+            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= after_step:
+                started = psutil.Process(launcher.pid).children(recursive=True)  # torchrun and its ranks
+                ranks = [p for p in started if "torch.distributed.run" not in p.cmdline()]
                 break
         else:
-            pytest.fail(f"job exited with {proc.wait()} before step {after_step}")
+            pytest.fail(f"job exited with {launcher.wait()} before step {after_step}")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        launcher.kill()
+        launcher.wait()
+    assert len(ranks) == cfg.nproc
+    deadline = time.monotonic() + 60
+    while (alive := [p for p in started if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for p in alive:  # not left to the next tests
+        p.kill()
+    launcher.stdout.close()
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan's zombie stays until an init that reaps it does so)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.parametrize("stage", [2, 3])

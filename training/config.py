@@ -76,6 +76,12 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     nproc: int = Field(2, ge=1, description="data-parallel processes on this node")
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
+    launcher: Literal["auto", "ray", "torchrun"] = Field(
+        "auto", description="ray: Ray Train workers on the run's Ray cluster; torchrun: processes on this machine "
+        "(or the hostfile's nodes); auto: ray when ray.address names a cluster, else torchrun")
+    resources_per_worker: dict[str, float] | None = Field(
+        None, description="Ray Train: resources each worker asks for (default: 1 CPU, plus 1 GPU when the cluster has GPUs)")
+    max_failures: int = Field(2, ge=0, description="Ray Train: restarts of the workers after one dies, each from the latest checkpoint")
     micro_batch: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_steps: int = Field(300, ge=1)

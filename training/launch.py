@@ -2,7 +2,9 @@
 
 Starting: `python -m MODULE --job JOB.json` on every rank, through torchrun on one node or the
 DeepSpeed launcher with a hostfile; all the launcher needs is the section's nproc, hostfile and
-threads_per_proc (`Launch`).
+threads_per_proc (`Launch`). Ranks on this machine exit when the launching process is gone, however
+it went (`exit_with_launcher`). On a Ray cluster the job runs as Ray Train workers instead (`ray_train.py`,
+`run_module(..., ray_name=...)`).
 
 Reporting: a job writes events to its stdout, one per line, as the marker `tokenmill-event: `
 followed by a JSON object whose "event" names its kind:
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Callable, Protocol
@@ -42,9 +46,42 @@ class Launch(Protocol):
     threads_per_proc: int | None
 
 
+# Where a job's events go besides stdout: set by a launcher whose workers' stdout does not reach it
+# (Ray Train's workers send them to the driver through a queue; ray_train.py).
+event_sink: Callable[[dict], None] | None = None
+
+
 def emit(kind: str, **payload) -> None:
     """Report an event to the launcher (in the job)."""
-    print(EVENT + json.dumps({"event": kind, **payload}), flush=True)
+    event = {"event": kind, **payload}
+    print(EVENT + json.dumps(event), flush=True)
+    if event_sink is not None:
+        event_sink(event)
+
+
+# The pid of the process that launched a one-node job (torchrun), in its ranks' environment.
+LAUNCHER_PID = "TOKENMILL_LAUNCHER_PID"
+
+
+def exit_with_launcher() -> None:
+    """Leave (exit code 1) as soon as the process that launched this job is gone. torchrun outlives a
+    launcher killed with SIGKILL (a CLI killed by the OOM killer, `kill -9`), and its ranks trained on as
+    orphans holding the run's cores and checkpoints; a rank that leaves makes torchrun stop the others
+    and exit. A pidfd becomes readable when its process exits: no polling, no race with a reused pid."""
+    pid = os.environ.get(LAUNCHER_PID)
+    if not pid:
+        return
+    try:
+        fd = os.pidfd_open(int(pid))
+    except ProcessLookupError:  # gone before this rank started
+        os._exit(1)
+
+    def watch():
+        select.select([fd], [], [])
+        print(f"launcher (pid {pid}) is gone: rank {os.environ.get('RANK', '0')} exits", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
 
 
 def run_job_main(main: Callable[[str], None], job_path: str) -> None:
@@ -55,6 +92,7 @@ def run_job_main(main: Callable[[str], None], job_path: str) -> None:
     leaves without the interpreter's teardown, where a native thread that torch or DeepSpeed left
     behind can abort it ("terminate called without an active exception", seen on a ZeRO-3 CPU rank
     after its `done`), failing a job whose work is complete."""
+    exit_with_launcher()
     try:
         main(job_path)
     except Exception as e:
@@ -119,6 +157,9 @@ def environment(launch: Launch) -> dict[str, str]:
     import torch  # here, not at the top: importing the flows must not import torch
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop(LAUNCHER_PID, None)
+    if not launch.hostfile:  # ranks on this machine watch this process (ranks on other nodes cannot)
+        env[LAUNCHER_PID] = str(os.getpid())
     if not torch.cuda.is_available():
         env["DS_ACCELERATOR"] = "cpu"
         threads = launch.threads_per_proc or max(1, (os.cpu_count() or 1) // launch.nproc)
@@ -130,17 +171,23 @@ class JobFailed(RuntimeError):
     pass
 
 
-def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[str], None] = print) -> dict:
+def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[str], None] = print,
+            ray_name: str | None = None) -> dict:
     """Run the training job to the end, appending its output to out_dir/train.log and passing each
-    event to `on_line`; return its summary, or raise JobFailed with the cause and the last lines of its output."""
+    event to `on_line`; return its summary, or raise JobFailed with the cause and the last lines of its output.
+    With `ray_name`, the job runs as that Ray Train run on the connected Ray cluster (ray_train.py)."""
     job = write_job(cfg, tokens_dir, out_dir)
-    return run_module("tokenmill.training.train", cfg, job, out_dir, "train.log", on_line)
+    return run_module("tokenmill.training.train", cfg, job, out_dir, "train.log", on_line, ray_name)
 
 
 def run_module(module: str, launch: Launch, job: Path, out_dir: str, log_name: str,
-               on_line: Callable[[str], None] = print) -> dict:
+               on_line: Callable[[str], None] = print, ray_name: str | None = None) -> dict:
     """Launch `python -m MODULE --job JOB` on launch.nproc processes (or launch.hostfile's nodes), the way
-    the training job is; return the result of its `done` event."""
+    the training job is, or as the Ray Train run `ray_name`; return the result of its `done` event."""
+    if ray_name is not None:
+        from .ray_train import run_on_ray
+
+        return run_on_ray(module, launch, job, out_dir, log_name, ray_name, on_line)
     argv = command(launch, job, module)
     on_line("launching: " + " ".join(argv))
     tail: deque[str] = deque(maxlen=40)

@@ -1,6 +1,7 @@
 """The training job: `python -m tokenmill.training.train --job JOB.json`, one process per data-parallel rank.
 
-Launched by the train flow through torchrun (one node) or the DeepSpeed launcher (hostfile), so the
+Launched by the train flow through torchrun (one node), the DeepSpeed launcher (hostfile) or Ray Train
+(`ray_train.py`: workers of a Ray cluster call `main`), so the
 same code runs on one CPU process, several GPUs or several nodes. JOB.json holds the TrainConfig
 plus the token shard and output directories; everything it writes lives in the output directory:
 checkpoints/ (DeepSpeed, resumed automatically), metrics.jsonl, tensorboard/, ds_config.json,
@@ -83,7 +84,8 @@ def _setup_accelerator() -> str:
 
 
 def init_distributed() -> tuple[int, int]:
-    """Join the job's process group (gloo on CPU, NCCL on this rank's GPU); (rank, world size)."""
+    """Join the job's process group (gloo on CPU, NCCL on this rank's GPU); (rank, world size). Under
+    Ray Train the group exists already (its TorchConfig made it); DeepSpeed then uses that one."""
     backend = _setup_accelerator()
     import deepspeed
 
