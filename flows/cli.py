@@ -240,7 +240,8 @@ def finetune_cmd(run: str = typer.Argument(..., help="run id (under --output-dir
 def compare(run_ids: List[str] = typer.Argument(..., help="run ids (under --output-dir) or run directories"),
             output_dir: Optional[str] = OutOpt,
             out: Optional[Path] = typer.Option(None, "--out", help="also write the table as markdown here")):
-    """Metrics of several runs side by side: steps, final loss, val/held-out perplexity and bits per byte."""
+    """Metrics of several runs side by side: steps, final loss, val/held-out perplexity and bits per byte, and
+    each lm-eval task's acc / acc_norm ± standard error."""
     from .report import compare_rows, markdown_table
 
     header, rows = compare_rows([_run_dir(r, output_dir) for r in run_ids])

@@ -1,4 +1,5 @@
-"""The curate flow: read -> quality -> dedup (exact, then MinHash LSH) -> [quality model] -> tokenizer -> token shards.
+"""The curate flow: read -> quality -> dedup (exact, then MinHash LSH) -> decontam -> [quality model] -> tokenizer ->
+token shards.
 
 Thin wiring only: every step is a pipeline function described as a stages.Step, mapped over its
 units of work as Prefect tasks on Ray (runtime.run_step).
@@ -10,10 +11,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from tokenmill.pipeline import dedup, filters, funnel, readers, storage, tokenize
+from tokenmill.pipeline import decontam, dedup, filters, funnel, readers, storage, tokenize
 from tokenmill.pipeline.contracts import TOKENIZER
-from tokenmill.pipeline.stages import Step, finish_stage, part_step, shard_of, stage_parts
-from tokenmill.training import quality_model
+from tokenmill.pipeline.stages import Step, finish_stage, marker_url, part_step, shard_of, stage_parts
+from tokenmill.training import eval_sets, quality_model
 
 from .config import RunConfig
 from .runtime import ray_task_runner, run_step, stage
@@ -66,6 +67,31 @@ def dedup_stage(config: RunConfig, source: str) -> dict:
     return stats
 
 
+def decontam_settings(config: RunConfig, source: str) -> dict:
+    """What the decontam stage depends on: its section and the evaluation sets (tasks, include directories)."""
+    return {"source": source, "decontam": config.curate.decontam.model_dump(),
+            "tasks": eval_sets.expand(config.evaluate.lm_eval_tasks), "include": config.evaluate.lm_eval_include}
+
+
+def decontam_stage(config: RunConfig, source: str) -> dict:
+    """The evaluation sets' text (one task), their n-gram index (one task), then `source`'s parts checked
+    against the index file, which each task loads: the corpus never meets the evaluation data in one place."""
+    cfg, run_dir, run = config.curate.decontam, config.run_dir, _runner(config)
+    out = storage.join(run_dir, decontam.STAGE)
+    texts_url, index_url = storage.join(out, "_eval_texts.jsonl.gz"), storage.join(out, "_index.npz")
+    settings = decontam_settings(config, source)
+    texts = run(Step("decontam-eval-texts", eval_sets.write_eval_texts,
+                     [{"out_url": texts_url, "tasks": settings["tasks"], "include": settings["include"], "heldout": cfg.heldout}],
+                     marker=lambda call: marker_url(out, "eval_texts"), outputs=lambda call, result: [texts_url]))[0]
+    for task, why in texts["missing"].items():
+        get_run_logger().warning("decontam: %s not checked, its data is not on this machine (%s)", task, why)
+    index = run(Step("decontam-index", decontam.build_index, [{"texts_url": texts_url, "index_url": index_url, "cfg": cfg}],
+                     marker=lambda call: marker_url(out, "index"), outputs=lambda call, result: [index_url]))[0]
+    calls = [{"part_url": p, "run_dir": run_dir, "index_url": index_url, "cfg": cfg} for p in stage_parts(run_dir, source)]
+    step = part_step("decontam", decontam.decontam_part, calls, run_dir, decontam.STAGE, _shard_of_part)
+    return finish_stage(run_dir, decontam.STAGE, run(step), eval_texts=texts, index=index)
+
+
 def quality_model_stage(config: RunConfig, source: str) -> dict:
     run_dir, qm = config.run_dir, config.curate.quality_model
     label, _ = quality_model.score_label(qm)  # a wrong path or label fails here, before any task runs
@@ -102,6 +128,10 @@ def curate(config: RunConfig) -> dict:
     if cfg.dedup.exact or cfg.dedup.minhash:
         stats["dedup"] = stage(run_dir, "dedup", lambda: dedup_stage(config, last), {"source": last, "dedup": cfg.dedup.model_dump()})
         last = "dedup"
+    if cfg.decontam.enabled:
+        stats[decontam.STAGE] = stage(run_dir, decontam.STAGE, lambda: decontam_stage(config, last),
+                                      decontam_settings(config, last))
+        last = decontam.STAGE
     if cfg.quality_model.classifier:
         stats[quality_model.STAGE] = stage(run_dir, quality_model.STAGE, lambda: quality_model_stage(config, last),
                                            {"source": last, "quality_model": cfg.quality_model.model_dump()})

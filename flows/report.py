@@ -19,7 +19,7 @@ from pathlib import Path
 from tokenmill.pipeline import funnel, storage
 from tokenmill.training.metrics import loss_curve_png
 
-DOC_STAGES = ("read", "quality", "dedup", "quality_model")
+DOC_STAGES = ("read", "quality", "dedup", "decontam", "quality_model")
 PACKAGES = ("tokenmill", "prefect", "ray", "deepspeed", "torch", "pyarrow", "tokenizers", "datasketch", "transformers", "lm-eval")
 ASSETS = "report_files"  # PNGs of report.md, beside it
 
@@ -64,6 +64,10 @@ def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
                 rows.append((f"  rejected: {reason}", f"{n:,}"))
         if "dedup" in stats:
             rows.append(("duplicates removed (exact + near)", f"{stats['dedup']['docs_rejected']:,}"))
+        if "decontam" in stats:
+            d = stats["decontam"]
+            sets = ", ".join(f"{k} ({v:,})" for k, v in d.get("eval_texts", {}).get("per_set", {}).items())
+            rows.append(("docs containing evaluation text, removed", f"{d['docs_rejected']:,} (checked against: {sets})"))
         rows.append(("docs kept", f"{stats[doc_stages[-1]]['docs_kept']:,}"))
     if "tokens" in stats:
         t = stats["tokens"]
@@ -77,10 +81,12 @@ def summary_rows(stats: dict[str, dict]) -> list[tuple[str, str]]:
         rows.append(("val perplexity (untrained)", f"{e['val_perplexity']:.1f} ({e['untrained_val_perplexity']:.1f})"))
         rows.append(("held-out bits/byte (untrained)", f"{e['heldout_bits_per_byte']:.3f} ({e['untrained_heldout_bits_per_byte']:.3f})"))
         lm = e.get("lm_eval", {})
-        cloze = lm.get("trained", {}).get("tokenmill_cloze")
-        if cloze:
-            rows.append(("cloze accuracy, lm-eval (untrained)", f"{cloze['acc']:.3f} ({lm['untrained']['tokenmill_cloze']['acc']:.3f})"))
-        elif lm.get("skipped"):
+        for task, metrics in lm.get("trained", {}).items():
+            metric = "acc_norm" if "acc_norm" in metrics else "acc"
+            if metric in metrics:
+                untrained = _with_stderr(lm.get("untrained", {}).get(task, {}), metric, 3)
+                rows.append((f"{task} {metric}, lm-eval (untrained)", f"{_with_stderr(metrics, metric, 3)} ({untrained})"))
+        if lm.get("skipped"):
             rows.append(("lm-eval", lm["skipped"]))
     return rows
 
@@ -190,6 +196,13 @@ def _eval_rows(e: dict) -> list[list[str]]:
             for split in ("val", "heldout") for model, p in (("trained", ""), ("untrained", "untrained_"))]
 
 
+def _with_stderr(metrics: dict, metric: str, digits: int = 4) -> str:
+    """A metric with its standard error (lm-eval's bootstrap or analytic one) when there is one."""
+    value, stderr = metrics.get(metric), metrics.get(f"{metric}_stderr")
+    text = f"{value:.{digits}f}" if isinstance(value, float) else _fmt(value)
+    return text + (f" ± {stderr:.{digits}f}" if isinstance(stderr, float) else "")
+
+
 def _lm_eval_blocks(lm: dict | None) -> list:
     if not lm:
         return []
@@ -197,18 +210,19 @@ def _lm_eval_blocks(lm: dict | None) -> list:
         return [("h3", "lm-evaluation-harness"), lm["skipped"]]
     rows = []
     for task, metrics in lm["trained"].items():
-        for metric, value in metrics.items():
+        for metric in metrics:
             if metric.endswith("_stderr") or metric == "samples":
                 continue
-            stderr = metrics.get(f"{metric}_stderr")
-            untrained = lm.get("untrained", {}).get(task, {}).get(metric)
-            rows.append([task, metric, _fmt(value) + (f" ± {stderr:.3f}" if isinstance(stderr, float) else ""),
-                         _fmt(untrained), _fmt(metrics.get("samples"))])
-    chance = ", chance 0.25" if "tokenmill_cloze" in lm["trained"] else ""
+            rows.append([task, metric, _with_stderr(metrics, metric), _with_stderr(lm.get("untrained", {}).get(task, {}), metric),
+                         _fmt(metrics.get("samples"))])
+    local = "offline" if lm.get("offline", True) else "data from the HF cache or the Hub"
     return [("h3", "lm-evaluation-harness"),
-            f"lm-eval {lm.get('version', '?')} on the exported Hugging Face model, offline, local tasks shipped with "
-            f"tokenmill (training/data/lm_eval): tokenmill_cloze (pick a sentence's true last 5 words among 4{chance}) "
-            "and tokenmill_wikitext (rolling loglikelihood of WikiText-2 articles). Full output: eval/lm_eval.json.",
+            (f"lm-eval {lm.get('version', '?')} on the exported Hugging Face model, 0-shot ({local}), limit "
+            f"{lm.get('limit') or 'none'} documents per task. acc: the choice with the highest summed log-probability "
+            "is right; acc_norm: the same per character of the choice; ± is the standard error. Bundled tasks "
+            "(training/data/lm_eval): tokenmill_cloze (a sentence's true last 5 words among 4, chance 0.25), "
+            "tokenmill_wikitext (rolling loglikelihood of WikiText-2 articles); the early-signal preset is "
+            "described in training/eval_sets.py. Full output: eval/lm_eval.json."),
             Table(["task", "metric", "trained", "untrained", "docs"], rows)]
 
 
@@ -440,7 +454,18 @@ COMPARED = (("train", "steps"), ("train", "final_loss"), ("eval", "val_perplexit
             ("eval", "heldout_perplexity"), ("eval", "heldout_bits_per_byte"), ("eval", "cloze_acc"))
 
 
-def _compare_cells(name: str, stats: dict[str, dict]) -> list[str]:
+def _lm_eval_columns(all_stats: list[dict[str, dict]]) -> list[tuple[str, str]]:
+    """(task, metric) of every accuracy some compared run has, tokenmill_cloze's acc aside (cloze_acc)."""
+    columns: list[tuple[str, str]] = []
+    for stats in all_stats:
+        for task, metrics in stats.get("eval", {}).get("lm_eval", {}).get("trained", {}).items():
+            for metric in ("acc", "acc_norm"):
+                if metric in metrics and (task, metric) not in columns and (task, metric) != ("tokenmill_cloze", "acc"):
+                    columns.append((task, metric))
+    return columns
+
+
+def _compare_cells(name: str, stats: dict[str, dict], lm_columns: list[tuple[str, str]] = ()) -> list[str]:
     cells = [name]
     for stage, key in COMPARED:
         if key == "cloze_acc":
@@ -448,17 +473,24 @@ def _compare_cells(name: str, stats: dict[str, dict]) -> list[str]:
         else:
             value = stats.get(stage, {}).get(key)
         cells.append("-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.4g}")
+    trained = stats.get("eval", {}).get("lm_eval", {}).get("trained", {})
+    cells += [_with_stderr(trained[task], metric, 3) if metric in trained.get(task, {}) else "-" for task, metric in lm_columns]
     return cells
 
 
 def compare_rows(run_dirs: list[str]) -> tuple[list[str], list[list[str]]]:
     """A header and one row per run (and per evaluated checkpoint, `run@step<N>`) of the metrics runs can be compared on."""
-    header = ["run", *(key for _, key in COMPARED)]
+    runs = [(run_dir.rstrip("/").rsplit("/", 1)[-1], load_stats(run_dir), checkpoint_evals(run_dir)) for run_dir in run_dirs]
+    lm_columns = _lm_eval_columns([s for _, s, _ in runs] + [{"eval": c} for _, _, cs in runs for c in cs.values()])
+    header = ["run", *(key for _, key in COMPARED), *(f"{task} {metric}" for task, metric in lm_columns)]
+    finetuned = [finetune_metrics(run_dir) for run_dir in run_dirs]
+    ft_columns = list(dict.fromkeys((task, model) for tasks in finetuned for task, m in tasks.items() for model in m["models"]))
+    header += [f"{task} {model} macro F1 (CV)" for task, model in ft_columns]
     rows = []
-    for run_dir in run_dirs:
-        stats = load_stats(run_dir)
-        name = run_dir.rstrip("/").rsplit("/", 1)[-1]
-        for step, c in checkpoint_evals(run_dir).items():
-            rows.append(_compare_cells(f"{name}@step{step}", {"train": {"steps": step}, "eval": c}))
-        rows.append(_compare_cells(name, stats))
+    for (name, stats, checkpoints), tasks in zip(runs, finetuned):
+        for step, c in checkpoints.items():
+            rows.append(_compare_cells(f"{name}@step{step}", {"train": {"steps": step}, "eval": c}, lm_columns) + ["-"] * len(ft_columns))
+        rows.append(_compare_cells(name, stats, lm_columns)
+                    + [_mean_std(tasks[t]["models"][model]["macro_f1"]) if model in tasks.get(t, {}).get("models", {}) else "-"
+                       for t, model in ft_columns])
     return header, rows

@@ -194,6 +194,17 @@ class QualityModelConfig(_Section):
     batch_size: int = Field(16, ge=1)
 
 
+class DecontamConfig(_Section):
+    """Decontamination (pipeline/decontam.py): documents sharing word n-grams with the evaluation sets the
+    run is scored on (evaluate.lm_eval_tasks' documents and evaluate's held-out text) are rejected."""
+
+    enabled: bool = True
+    n: int = Field(13, ge=3, description="words per n-gram (GPT-3 and datatrove use 13)")
+    min_matches: int = Field(1, ge=1, description="distinct n-grams a document must share with one evaluation set")
+    min_words: int = Field(8, ge=1, description="evaluation texts shorter than n words are matched whole from this length")
+    heldout: bool = Field(True, description="also the held-out text evaluate scores (training/data/heldout)")
+
+
 class CurateConfig(_Section):
     inputs: list[str] = Field(default_factory=lambda: [BUNDLED_CORPUS])
     reader: ReaderConfig = ReaderConfig()
@@ -202,3 +213,4 @@ class CurateConfig(_Section):
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokens: TokensConfig = TokensConfig()
     quality_model: QualityModelConfig = QualityModelConfig()
+    decontam: DecontamConfig = DecontamConfig()

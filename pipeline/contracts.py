@@ -9,12 +9,15 @@
                   seq_len, dtype, and per shard its split, rows, tokens, docs and sha256
     classifier    a `tokenmill finetune` output directory (CLASSIFIER_CONFIG + model.safetensors +
                   tokenizer.json) that the curate flow's quality model scores with
+    eval texts    gzipped JSONL of {"set", "text"}: the text of the evaluation sets a run is scored on,
+                  written by training/eval_sets.py, indexed by the curate flow's decontam stage
 
 The curate side (pipeline/) writes them, the training side (training/) reads them; neither spells a
 file name, column or dtype of the other.
 """
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -135,3 +138,29 @@ def load_manifest(tokens_dir: str | Path, verify: bool = True) -> dict:
             if storage.sha256_file(str(tokens_dir / shard["file"])) != shard["sha256"]:
                 raise ManifestError(f"{tokens_dir / shard['file']}: sha256 differs from the manifest (corrupt or rewritten shard)")
     return manifest
+
+
+# ---- evaluation texts (decontamination) ------------------------------------------------------------
+
+def write_eval_texts(url: str, records) -> int:
+    """(set, text) pairs to gzipped JSONL, atomically; how many were written."""
+    count = 0
+
+    def write(f):
+        nonlocal count
+        with gzip.open(f, "wt", encoding="utf-8") as out:
+            for name, text in records:
+                out.write(json.dumps({"set": name, "text": text}, ensure_ascii=False) + "\n")
+                count += 1
+
+    storage.atomic_write(url, write)
+    return count
+
+
+def read_eval_texts(url: str):
+    """The (set, text) pairs write_eval_texts wrote."""
+    fs, path = storage.fs_path(url)
+    with fs.open(path, "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            yield record["set"], record["text"]

@@ -121,9 +121,13 @@ class EvalConfig(_Section):
     top_k: int | None = 40
     threads: int | None = Field(1, ge=1, description="torch CPU threads while evaluating (1: no thread thrash on a "
                                 "busy machine, where 2 threads ran a small model 20x slower than 1); null: torch's default")
-    lm_eval: bool = Field(True, description="downstream tasks through lm-evaluation-harness when it is installed (the `eval` extra)")
+    lm_eval: bool = Field(True, description="downstream tasks through lm-evaluation-harness")
     lm_eval_tasks: list[str] = Field(default_factory=lambda: ["tokenmill_cloze", "tokenmill_wikitext"],
-                                     description="local tasks in training/data/lm_eval (no downloads)")
+                                     description="bundled tasks (training/data/lm_eval, offline), lm-eval's own task "
+                                     "and group names (data from the HF cache or the Hub), names in lm_eval_include, "
+                                     "presets: early-signal (training/eval_sets.py)")
+    lm_eval_include: list[str] = Field(default_factory=list, description="directories of lm-eval task YAMLs: your own "
+                                       "tasks, or local copies of standard ones (same name: they win)")
     lm_eval_limit: int | None = Field(None, ge=1, description="documents per task (default: all)")
     lm_eval_batch_size: int = Field(16, ge=1)
 

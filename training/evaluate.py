@@ -15,9 +15,8 @@ from tokenmill.pipeline.contracts import EOS, load_manifest, load_tokenizer
 from .checkpoint import checkpoint_tag, load_model, model_from_state
 from .config import EvalConfig
 from .data import load_split
+from .eval_sets import HELDOUT
 from .model import Transformer
-
-HELDOUT = Path(__file__).parent / "data" / "heldout" / "wikitext2_valid_head.txt"
 
 
 @contextmanager

@@ -1,8 +1,11 @@
-"""Downstream tasks through lm-evaluation-harness (`pip install tokenmill[eval]`), fully offline.
+"""Downstream tasks through lm-evaluation-harness (installed with tokenmill: see pyproject.toml).
 
-The tasks are local: task YAMLs + JSONL data shipped in training/data/lm_eval (built from public-domain
-text by build_tasks.py there). The model is the run's export as a Hugging Face Llama directory, loaded
-by lm-eval's `hf` backend; the same architecture untrained is scored too, as the baseline.
+The tasks are named in `evaluate.lm_eval_tasks` (training/eval_sets.py resolves them): the bundled local
+ones (task YAMLs + JSONL data in training/data/lm_eval, built from public-domain text by build_tasks.py
+there), which run offline, lm-eval's own tasks and groups, whose data comes from where `datasets` finds it
+(the HF cache under HF_HOME, else the Hub), task YAML directories in `evaluate.lm_eval_include`, and
+presets (early-signal). The model is the run's export as a Hugging Face Llama directory, loaded by
+lm-eval's `hf` backend; the same architecture untrained is scored too, as the baseline.
 """
 from __future__ import annotations
 
@@ -14,16 +17,19 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from .checkpoint import checkpoint_tag
 from .config import EvalConfig
+from .eval_sets import expand, hf_offline, local_tasks, task_manager
 from .evaluate import torch_threads
 from .export import consolidate, export_run, run_tokenizer, write_hf
 from .model import Transformer
 
-TASKS_DIR = Path(__file__).parent / "data" / "lm_eval"
-NOT_INSTALLED = "lm-eval not installed (pip install tokenmill[eval])"
+NOT_INSTALLED = "lm-eval not installed (pip install lm-eval[hf]==0.4.13)"
+
+
+class TaskDataError(RuntimeError):
+    """An lm-eval task whose data could not be reached: one line saying which, what was tried, how to pre-fetch."""
 
 
 def lm_eval_version() -> str | None:
@@ -33,62 +39,89 @@ def lm_eval_version() -> str | None:
         return None
 
 
-def write_task_dir(tasks: list[str], out_dir: Path, cache_dir: Path) -> Path:
-    """The shipped task YAMLs with their data files made absolute and the datasets cache pointed at
-    `cache_dir` (nothing written under $HOME)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _dataset_of(manager, name: str) -> str:
+    """'dataset_path[/dataset_name]' of a task as its YAML says, for error messages."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = manager.task_index.get(name)
+    try:
+        cfg = load_yaml(Path(entry.yaml_path), resolve_func=False) if entry and entry.yaml_path else {}
+    except Exception:  # noqa: BLE001 - only for the message
+        cfg = {}
+    if "dataset_path" not in cfg:
+        return "its tasks' datasets"
+    return "/".join(str(x) for x in (cfg["dataset_path"], cfg.get("dataset_name")) if x)
+
+
+def unreachable(name: str, dataset: str, offline: bool, error: BaseException) -> str:
+    from datasets.config import HF_DATASETS_CACHE
+
+    tried = f"the datasets cache {HF_DATASETS_CACHE}" + (" only (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)"
+                                                          if offline else ", then the Hugging Face Hub")
+    cause = " ".join(str(error).split())[:300] or type(error).__name__
+    return (f"lm-eval task {name!r}: its data ({dataset}) could not be loaded; tried {tried}: {cause}. "
+            f"Pre-fetch it where there is network with the same HF_HOME (`HF_HOME=... lm-eval run --model dummy "
+            f"--tasks {name} --limit 1`, or datasets.load_dataset on {dataset}) and copy that HF_HOME here, or "
+            "point evaluate.lm_eval_include at a directory holding a copy of the task's YAML that reads local files")
+
+
+def load_tasks(manager, tasks: list[str]) -> list:
+    """The Task/Group objects of `tasks`, each built (its data loaded) on its own so that a task whose data
+    cannot be reached is named in one line (TaskDataError) instead of a stack of library errors."""
+    from datasets.config import HF_DATASETS_OFFLINE
+
+    built = []
     for name in tasks:
-        src = TASKS_DIR / f"{name}.yaml"
-        if not src.exists():
-            known = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
-            raise ValueError(f"evaluate.lm_eval_tasks: no local task {name!r} in {TASKS_DIR}; known: {known}")
-        task = yaml.safe_load(src.read_text())
-        kwargs = task.setdefault("dataset_kwargs", {})
-        kwargs["data_files"] = {split: str(TASKS_DIR / f) for split, f in kwargs["data_files"].items()}
-        kwargs["cache_dir"] = str(cache_dir)
-        (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
-    return out_dir
+        try:
+            obj = manager._load_spec(name)  # the pinned lm-eval's loader of one name (TaskManager.load takes objects)
+        except Exception as e:  # noqa: BLE001 - whatever datasets/fsspec/requests raised
+            raise TaskDataError(unreachable(name, _dataset_of(manager, name), HF_DATASETS_OFFLINE, e)) from None
+        built += obj if isinstance(obj, list) else [obj]
+    return built
 
 
-def _offline(hf_home: Path) -> None:
-    """No hub access at all: the model is a local directory and the data local JSON files."""
-    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                       "HF_HOME": str(hf_home), "HF_DATASETS_CACHE": str(hf_home / "datasets"),
-                       "HF_EVALUATE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    # the libraries read these at import; set them too in case one was imported before
-    import datasets.config
-    import huggingface_hub.constants
+def run_tasks(hf_dir: Path, tasks: list[str], include: list[str], work_dir: Path, limit: int | None, batch_size: int,
+              seed: int) -> dict:
+    """lm_eval.simple_evaluate on a local HF model directory; the raw results (JSON-safe). Offline when every
+    task is a bundled one; otherwise the Hub and HF cache as the user's environment says."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bundled tasks only: no Hub at all; otherwise offline only where the user's environment says so (set
+    # here again: datasets and huggingface_hub read the variables once, at import)
+    offline = set(tasks) <= set(local_tasks()) or any(os.environ.get(k, "").lower() in ("1", "true", "yes")
+                                                       for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    with hf_offline(offline):
+        from lm_eval import simple_evaluate
 
-    datasets.config.HF_DATASETS_OFFLINE = True
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
-
-
-def run_tasks(hf_dir: Path, tasks: list[str], work_dir: Path, limit: int | None, batch_size: int, seed: int) -> dict:
-    """lm_eval.simple_evaluate on a local HF model directory; the raw results (JSON-safe)."""
-    _offline(work_dir / "hf_home")
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    task_dir = write_task_dir(tasks, work_dir / "tasks", work_dir / "hf_home" / "datasets")
-    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir), "dtype": "float32", "device": device},
-                          tasks=tasks, task_manager=manager, limit=limit, batch_size=batch_size,
-                          random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                          bootstrap_iters=1000, log_samples=False)
-    return json.loads(json.dumps({k: out[k] for k in ("results", "n-samples", "configs", "versions") if k in out}, default=str))
+        manager = task_manager(tasks, include, work_dir)
+        loaded = load_tasks(manager, tasks)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        out = simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir), "dtype": "float32", "device": device},
+                              tasks=loaded, task_manager=manager, limit=limit, batch_size=batch_size,
+                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                              bootstrap_iters=1000, log_samples=False)
+    keys = ("results", "groups", "group_subtasks", "n-samples", "configs", "versions")
+    return json.loads(json.dumps({k: out[k] for k in keys if k in out}, default=str)) | {"offline": offline}
 
 
-def summarize(raw: dict) -> dict[str, dict]:
-    """{task: {metric: value, metric_stderr: value, samples: n}} from simple_evaluate's results."""
+def summarize(raw: dict, tasks: list[str]) -> dict[str, dict]:
+    """{task: {metric: value, metric_stderr: value, samples: n}} for each requested task or group (a group's
+    metrics are lm-eval's aggregate of its tasks, its samples their sum) from simple_evaluate's results."""
+    results = {**raw.get("results", {}), **raw.get("groups", {})}
+    subtasks = raw.get("group_subtasks", {})
+
+    def samples(name: str) -> int:
+        if subtasks.get(name):
+            return sum(samples(child) for child in subtasks[name])
+        return int(raw.get("n-samples", {}).get(name, {}).get("effective", 0))
+
     out = {}
-    for task, metrics in raw["results"].items():
+    for task in [t for t in tasks if t in results] or list(results):
         row = {}
-        for key, value in metrics.items():
+        for key, value in results[task].items():
             metric, _, _filter = key.partition(",")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and metric != "sample_len":
                 row[metric] = float(value)
-        row["samples"] = int(raw.get("n-samples", {}).get(task, {}).get("effective", 0))
+        row["samples"] = samples(task)
         out[task] = row
     return out
 
@@ -114,16 +147,18 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig, seed: int = 0, step: int 
     export_dir = run_dir / "export" if step is None else eval_dir / "export"
     export_run(run_dir, export_dir, step)  # reused only if made from this checkpoint (export.EXPORT_SOURCE)
     work = eval_dir / "lm_eval_work"
+    tasks = expand(cfg.lm_eval_tasks)
     started = time.monotonic()
     try:
         with torch_threads(cfg.threads):
-            trained = run_tasks(export_dir, cfg.lm_eval_tasks, work, cfg.lm_eval_limit, cfg.lm_eval_batch_size, seed)
-            untrained = run_tasks(_untrained_hf(run_dir, step, work / "untrained_model", seed), cfg.lm_eval_tasks, work,
-                                  cfg.lm_eval_limit, cfg.lm_eval_batch_size, seed)
+            trained = run_tasks(export_dir, tasks, cfg.lm_eval_include, work, cfg.lm_eval_limit, cfg.lm_eval_batch_size,
+                                seed)
+            untrained = run_tasks(_untrained_hf(run_dir, step, work / "untrained_model", seed), tasks,
+                                  cfg.lm_eval_include, work, cfg.lm_eval_limit, cfg.lm_eval_batch_size, seed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"version": version, "tasks": list(cfg.lm_eval_tasks), "limit": cfg.lm_eval_limit,
-              "trained": summarize(trained), "untrained": summarize(untrained), "seconds": round(time.monotonic() - started, 1)}
+    result = {"version": version, "tasks": tasks, "limit": cfg.lm_eval_limit, "offline": trained["offline"],
+              "trained": summarize(trained, tasks), "untrained": summarize(untrained, tasks), "seconds": round(time.monotonic() - started, 1)}
     eval_dir.mkdir(parents=True, exist_ok=True)
     (eval_dir / "lm_eval.json").write_text(json.dumps({"model": str(export_dir), "trained": trained, "untrained": untrained}, indent=2))
     return result
