@@ -5,8 +5,11 @@ stage runs on Ray) and the evaluation task."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from .config import RayConfig
 from .runtime import ray_task_runner
@@ -16,10 +19,11 @@ NAMESPACE = "tokenmill"
 
 
 @contextmanager
-def ray_runtime(cfg: RayConfig, run_id: str | None = None, stage: str = "run") -> Iterator[None]:
+def ray_runtime(cfg: RayConfig, run_id: str | None = None, stage: str = "run", keep: bool = False) -> Iterator[None]:
     """Ray for the `with` block: the one this process already has (an enclosing run's), else a new
     local one / the cluster at cfg.address with ray_task_runner's settings (127.0.0.1, token auth, the
-    workers' environment), shut down on leaving. The dashboard's address is printed with how to sign in."""
+    workers' environment), shut down on leaving. The dashboard's address is printed with how to sign in.
+    `keep` (--keep-server): a local Ray is started as its own head (`ray start`) and left running."""
     import ray
 
     if ray.is_initialized():
@@ -28,13 +32,36 @@ def ray_runtime(cfg: RayConfig, run_id: str | None = None, stage: str = "run") -
     from ray.job_config import JobConfig
 
     kwargs = {**ray_task_runner(cfg).init_kwargs, "namespace": NAMESPACE}  # also applies the local-Ray settings here
+    address = cfg.address
+    if keep and address is None:
+        address = start_kept_head(cfg)
+        kwargs = {k: v for k, v in kwargs.items() if k in ("runtime_env", "log_to_driver", "namespace")}
     job = JobConfig(metadata={"tokenmill_run": run_id or "", "tokenmill_stage": stage})
-    context = ray.init(cfg.address, job_config=job, logging_level="error", **kwargs)
+    context = ray.init(address, job_config=job, logging_level="error", **kwargs)
     try:
         print(dashboard_line(context.dashboard_url, local=cfg.address is None))
         yield
     finally:
         ray.shutdown()
+        if address != cfg.address:
+            print(f"Ray left running at {address} with its dashboard (stop it with: ray stop)")
+
+
+def start_kept_head(cfg: RayConfig) -> str:
+    """A local Ray head that outlives this process, on 127.0.0.1 with this process's Ray settings
+    (loopback, token auth: the environment `ray_task_runner` prepared); its address."""
+    from .server import free_port
+
+    port, dashboard_port = free_port(), free_port()
+    argv = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+            "--disable-usage-stats", f"--include-dashboard={str(cfg.dashboard).lower()}",
+            f"--dashboard-host={cfg.dashboard_host}", f"--dashboard-port={dashboard_port}"]
+    if cfg.num_cpus:
+        argv.append(f"--num-cpus={cfg.num_cpus}")
+    started = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    if started.returncode != 0:
+        raise RuntimeError(f"could not start a local Ray head ({' '.join(argv)}): {started.stderr[-2000:]}")
+    return f"127.0.0.1:{port}"
 
 
 def dashboard_line(url: str | None, local: bool) -> str:

@@ -17,7 +17,7 @@ from .train import train
 def end_to_end(config: RunConfig) -> dict:
     config = config.with_run_id()  # a scheduled run gets a fresh id; its stages share it
     # One process runs this id's stages (a second run is refused, not interleaved), on one Ray for the whole run.
-    with run_lock(config.run_dir), ray_runtime(config.ray, config.run_id):
+    with run_lock(config.run_dir), ray_runtime(config.ray, config.run_id, keep=config.prefect.keep_server):
         curated = curate.with_options(task_runner=ray_task_runner(config.ray))(config)
         trained = train(config)
         evaluated = evaluate(config)
