@@ -88,6 +88,8 @@ class FineWebConfig(_Section):
 
     enabled: bool = True
     min_line_punctuation_ratio: float = 0.12  # lines ending in terminal punctuation; at or below drops
+    # more characters that end a punctuated line: closing quotes of CJK dialogue (「…」), per language
+    line_end_closers: str = ""
     max_short_line_ratio: float = 0.67  # lines of at most `short_line_length` chars; at or above drops
     short_line_length: int = 30
     max_char_duplication_ratio: float = 0.01  # chars in duplicated lines / all non-newline chars

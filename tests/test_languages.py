@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from tokenmill.flows.config import load_config
-from tokenmill.pipeline.config import GopherQualityConfig, QualityConfig
+from tokenmill.pipeline.config import FineWebConfig, GopherQualityConfig, QualityConfig
 from tokenmill.pipeline.filters import build_chain, filter_docs
 from tokenmill.pipeline.filters.base import Doc
+from tokenmill.pipeline.filters.fineweb import FineWeb
 from tokenmill.pipeline.filters.gopher import GopherQuality
 from tokenmill.pipeline.filters.languages import SECTIONS, PerLanguage, defaults, splitter, stop_words
 from tokenmill.pipeline.filters.words import split_words
@@ -119,3 +120,12 @@ def test_per_language_overrides_from_the_command_line(chain):
         load_config(overrides=["curate.quality.languages.zh.gopher_quality.min_wrds=1"])
     with pytest.raises(ValueError, match=r"languages\.zh\.pii"):
         load_config(overrides=["curate.quality.languages.zh.pii.enabled=false"])
+
+
+def test_japanese_dialogue_lines_end_in_a_closing_quote():
+    with gzip.open(DATA / "aozora_wagahaiwa_nekodearu_ja_head.txt.gz", "rt", encoding="utf-8") as f:
+        lines = [line.strip() for line in re.sub(r"《[^》]*》|｜|［＃[^］]*］", "", f.read()).splitlines()]
+    dialogue = "\n".join([line for line in lines if line.endswith("」") and len(line) > 12][:20])
+    step = FineWeb(FineWebConfig(), {})
+    assert step(Doc("ja", dialogue, lang="ja")) is None
+    assert step(Doc("ja", dialogue, lang="de")) == "fineweb.line_punctuation_ratio"  # as the published rule

@@ -19,7 +19,8 @@ class FineWeb(Step):
         lines = [line for line in text.split("\n") if line.strip()]
         if not lines:
             return self.reason("empty")
-        if sum(line.endswith(TERMINAL_PUNCTUATION) for line in lines) / len(lines) <= cfg.min_line_punctuation_ratio:
+        ends = TERMINAL_PUNCTUATION + tuple(cfg.line_end_closers)
+        if sum(line.endswith(ends) for line in lines) / len(lines) <= cfg.min_line_punctuation_ratio:
             return self.reason("line_punctuation_ratio")
         if sum(len(line) <= cfg.short_line_length for line in lines) / len(lines) >= cfg.max_short_line_ratio:
             return self.reason("short_line_ratio")

@@ -67,6 +67,8 @@ _CHARACTER_DEFAULTS = {"gopher_quality": {"min_mean_word_length": 1.0, "max_mean
 def defaults() -> dict[str, dict[str, dict[str, Any]]]:
     """Built-in values per language: only what differs from the sections' (English, published) ones."""
     table: dict[str, dict[str, dict[str, Any]]] = {lang: _derived(lang) for lang in WORD_LENGTH if lang != "en"}
+    for lang in ("zh", "ja"):  # dialogue lines end in a closing quote: 「まだ駄目かなあ」
+        table[lang]["fineweb"]["line_end_closers"] = "」』”）"
     for lang in ("yue", "wuu"):
         table[lang] = table["zh"]
     for lang in _CHARACTER_WORDS:
