@@ -32,8 +32,9 @@ def ray_runtime(cfg: RayConfig, run_id: str | None = None, stage: str = "run", k
     from ray.job_config import JobConfig
 
     kwargs = {**ray_task_runner(cfg).init_kwargs, "namespace": NAMESPACE}  # also applies the local-Ray settings here
-    address = cfg.address
-    if keep and address is None:
+    # "local": a new local Ray even when `ray start` left one on this machine (ray.init() would join it).
+    address = cfg.address or "local"
+    if keep and cfg.address is None:
         address = start_kept_head(cfg)
         kwargs = {k: v for k, v in kwargs.items() if k in ("runtime_env", "log_to_driver", "namespace")}
     job = JobConfig(metadata={"tokenmill_run": run_id or "", "tokenmill_stage": stage})
@@ -43,7 +44,7 @@ def ray_runtime(cfg: RayConfig, run_id: str | None = None, stage: str = "run", k
         yield
     finally:
         ray.shutdown()
-        if address != cfg.address:
+        if keep and cfg.address is None:
             print(f"Ray left running at {address} with its dashboard (stop it with: ray stop)")
 
 
