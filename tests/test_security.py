@@ -77,10 +77,11 @@ with ray_task_runner(RayConfig(num_cpus=1)) as runner:
     family = {me.pid, *(c.pid for c in me.children(recursive=True))}
     ips = sorted({c.laddr.ip for c in psutil.net_connections(kind="inet")
                   if c.status == psutil.CONN_LISTEN and c.pid in family})
-    dashboard = "http://" + runner._ray_context.dashboard_url + "/api/version"
+    api = "http://" + runner._ray_context.dashboard_url  # by address: other Rays may run on this machine
+    dashboard = api + "/api/version"
     print(json.dumps({"dashboard": runner._ray_context.dashboard_url, "ips": ips, "task": task,
                       "driver_runtime_env": ray.get_runtime_context().runtime_env,
-                      "jobs_runtime_env": [j.runtime_env for j in ray.util.state.list_jobs()],
+                      "jobs_runtime_env": [j.runtime_env for j in ray.util.state.list_jobs(address=api)],
                       "no_token": status(dashboard), "token": status(dashboard, os.environ["RAY_AUTH_TOKEN"])}))
 """
 
@@ -197,6 +198,7 @@ def test_inspect_prints_data_as_plain_text(tmp_path):
                    run / "rejected" / "read" / "part-00000.parquet")
     shown = CliRunner().invoke(app, ["inspect", str(run), "--reason", "read"], terminal_width=200)
     assert shown.exit_code == 0, shown.output
-    for literal in ("[bold]id[/bold]", "[red]text[/red]", "[link=file:///etc]u[/link]", r"\x1b]0;owned\x07", r"\x1b[2J"):
+    for literal in ("[bold]id[/bold]", "[red]text[/red]", "[link=file:///etc]u[/link]", r"\x1b]0;owned\x07",
+                    r"\x1b[2J"):
         assert literal in shown.output, (literal, shown.output)
     assert "\x1b" not in shown.output and "\x07" not in shown.output
