@@ -6,12 +6,13 @@ Loaded from YAML (`--config run.yaml`), then overridden from the CLI with dotted
 from __future__ import annotations
 
 import datetime as dt
+import re
 from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import CurateConfig
@@ -55,6 +56,16 @@ class RunConfig(BaseModel):
     finetune: FinetuneConfig = FinetuneConfig()
     ray: RayConfig = RayConfig()
     prefect: PrefectConfig = PrefectConfig()
+
+    @model_validator(mode="after")
+    def _multi_node_paths(self) -> "RunConfig":
+        # With a hostfile the run directory goes into the command DeepSpeed's pdsh runner sends to every
+        # node, quoting only arguments with spaces: a '$(...)' or ';' in it would run there.
+        out = self.output_dir if "://" in self.output_dir else str(Path(self.output_dir).resolve())
+        if (self.train.hostfile or self.finetune.hostfile) and not re.fullmatch(r"[\w./:@+=,-]+", out):
+            raise ValueError(f"output_dir {out!r}: with a hostfile it is sent to every node in a shell command; "
+                             "use letters, digits and _ . / : @ + = , - only")
+        return self
 
     def with_run_id(self) -> "RunConfig":
         if self.run_id:

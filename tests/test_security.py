@@ -128,6 +128,9 @@ def test_names_used_in_paths_and_commands_are_checked_once():
             load_config(overrides=[override])
     with pytest.raises(ValueError, match="is not allowed"):
         check_name("a..b")
+    with pytest.raises(ValueError, match="sent to every node in a shell command"):  # pdsh quotes only spaces
+        load_config(output_dir="/tmp/$(id)", overrides=["train.hostfile=hosts"])
+    assert load_config(output_dir="/tmp/$(id)").output_dir == "/tmp/$(id)"  # one machine: an argv, no shell
     # the default run id has sub-second resolution: two made in a row differ
     assert load_config().with_run_id().run_id != load_config().with_run_id().run_id
 
