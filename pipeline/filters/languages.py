@@ -21,6 +21,7 @@ keeps Gopher's eight words; a language with no list skips the stop-word rule.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import unicodedata
 from collections.abc import Callable
@@ -140,6 +141,7 @@ def split_japanese(text: str) -> list[str]:
 
 
 def split_thai(text: str) -> list[str]:
+    os.environ.setdefault("PYTHAINLP_READ_ONLY", "1")  # else it makes ~/pythainlp-data; newmm needs none
     from pythainlp.tokenize import word_tokenize
 
     return word_tokenize(text, engine="newmm", keep_whitespace=False)
