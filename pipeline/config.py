@@ -147,6 +147,8 @@ class QualityConfig(_Section):
                 if name not in ("language", "gopher_repetition", "gopher_quality", "c4", "fineweb"):
                     raise ValueError(f"languages.{code}.{name}: not a section with per-language values "
                                      "(language, gopher_repetition, gopher_quality, c4, fineweb)")
+                if name == "language" and set(values) - {"min_score"}:
+                    raise ValueError(f"languages.{code}.language: only min_score differs per language")
                 section = getattr(self, name)
                 try:
                     type(section).model_validate({**section.model_dump(), **values})

@@ -118,6 +118,8 @@ def test_per_language_overrides_from_the_command_line(chain):
     assert run(steps, [clean_doc("zh", 0), clean_doc("de", 0)]) == ["gopher.min_words", None]
     with pytest.raises(ValueError, match=r"languages\.zh\.gopher_quality: min_wrds"):
         load_config(overrides=["curate.quality.languages.zh.gopher_quality.min_wrds=1"])
+    with pytest.raises(ValueError, match=r"languages\.zh\.language: only min_score"):
+        load_config(overrides=["curate.quality.languages.zh.language.keep=[en]"])
     with pytest.raises(ValueError, match=r"languages\.zh\.pii"):
         load_config(overrides=["curate.quality.languages.zh.pii.enabled=false"])
 
