@@ -46,3 +46,26 @@ def make_tokens(out: Path, docs: list[dict], seq_len: int = 32, vocab_size: int 
     shards = tokenize_part(part, f"{out}/tokenizer.json", str(out), cfg)
     write_manifest(str(out), f"{out}/tokenizer.json", shards, cfg, source_docs=len(rows))
     return out
+
+
+def planted_pages() -> list[dict]:
+    """Real Common Crawl pages (the bundled corpus's CC sample, ids planted-<kind>-<n>), each with an evaluation
+    passage of a default run inserted mid-page as a crawled copy would carry it: a tokenmill_cloze item
+    upper-cased, another quoted and re-wrapped, held-out WikiText re-punctuated, another lower-cased."""
+    from tokenmill.training.eval_sets import HELDOUT, bundled_texts
+
+    cloze = list(bundled_texts("tokenmill_cloze"))
+    heldout = HELDOUT.read_text(encoding="utf-8").split()
+    passages = {"cloze": cloze[123].upper(),
+                "cloze-quoted": "\u201c" + cloze[301].replace(" ", "\n", 3) + "\u201d",
+                "heldout": " ".join(heldout[2000:2060]).replace(" @-@ ", "-").replace(" , ", ", "),
+                "heldout-lower": " ".join(heldout[5000:5030]).lower()}
+    pages = []
+    with open(CORPUS / "datajuicer_redpajama_cc_2023_06_10docs.jsonl") as f:
+        for n, line in enumerate(f):
+            kind, passage = list(passages.items())[n % len(passages)]
+            paragraphs = json.loads(line)["text"].split("\n")
+            paragraphs.insert(len(paragraphs) // 2, passage)
+            pages.append({"id": f"planted-{kind}-{n}", "text": "\n".join(paragraphs)})
+    return pages
+

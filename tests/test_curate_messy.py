@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import CORPUS, REPO, write_jsonl
+from helpers import CORPUS, REPO, planted_pages, write_jsonl
 
 from tokenmill.flows.server import start_server, stop_server
 
@@ -31,6 +31,7 @@ def run(tmp_path_factory):
     for f in WARC_DIR.glob("*.gz"):
         shutil.copy(f, inputs / f.name)
     shutil.copy(CORPUS / "datajuicer_redpajama_c4_10docs.jsonl", inputs / "c4.jsonl")
+    write_jsonl(inputs / "planted.jsonl", planted_pages())  # evaluation text in web pages: for decontam
     write_jsonl(inputs / "broken.jsonl", ['{"text": "cut in the mid', b"\xff\xfe bad bytes", {"id": 3}, {"text": ""}])
     (inputs / "empty.jsonl").write_bytes(b"")
     (inputs / "image.txt").write_bytes(bytes(range(256)) * 8)
@@ -116,3 +117,26 @@ def test_funnel_md_and_inspect_show_what_happened(run):
     missing = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "inspect", str(run_dir), "--reason", "gopher.nope"],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "read.truncated (1)" in missing.stdout
+
+
+def test_pages_carrying_evaluation_text_are_dropped_by_decontam_and_clean_ones_kept(run):
+    """Decontamination is on in a default curate: every page with a planted evaluation passage that reaches it
+    is rejected as decontam.<set> with an n-gram the page contains; no other page is."""
+    from tokenmill.pipeline.decontam import words
+
+    run_dir, _, _ = run
+    stats = json.loads((run_dir / "decontam" / "_stats.json").read_text())
+    assert json.loads((run_dir / "decontam" / "_config.json").read_text())["source"] == "dedup"
+    assert stats["eval_texts"]["per_set"] == {"heldout": 1, "tokenmill_cloze": 400, "tokenmill_wikitext": 5}
+    rejected = [r for p in (run_dir / "rejected" / "decontam").glob("part-*.parquet") for r in pq.read_table(p).to_pylist()]
+    kept = [r["id"] for p in (run_dir / "decontam").glob("part-*.parquet") for r in pq.read_table(p).to_pylist()]
+    planted = [i for i in kept + [r["id"] for r in rejected] if i.startswith("planted-")]
+    assert len(planted) >= 4  # enough host pages passed the quality filters and dedup to check
+    assert sorted(r["id"] for r in rejected) == sorted(planted) and len(kept) >= 10
+    for r in rejected:
+        assert r["reason"] == ("decontam.tokenmill_cloze" if "-cloze" in r["id"] else "decontam.heldout"), r
+        assert len(r["duplicate_of"].split()) >= 8 and r["duplicate_of"] in " ".join(words(r["text"]))
+    assert sum(stats["rejected"].values()) == len(planted) and "decontam.heldout" in (run_dir / "funnel.md").read_text()
+    manifest = json.loads((run_dir / "tokens" / "manifest.json").read_text())
+    assert manifest["source_docs"] == stats["docs_kept"]  # what is trained on is what decontam kept
+

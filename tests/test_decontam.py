@@ -1,20 +1,15 @@
-"""Decontamination: the n-gram index of the evaluation sets, matching robust to reformatting, and a default
-`tokenmill curate` (real Prefect, real local Ray) that drops web pages with planted evaluation passages and
-keeps the clean ones."""
+"""Decontamination: the n-gram index of the evaluation sets and matching robust to reformatting. The stage in a
+default `tokenmill curate` (pages with planted evaluation passages dropped, clean ones kept) is tested on
+test_curate_messy's run, which carries helpers.planted_pages() among its inputs."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pyarrow.parquet as pq
-import pytest
-from helpers import CORPUS, write_jsonl
+from helpers import planted_pages
 
-from tokenmill.pipeline import decontam
+from tokenmill.pipeline import decontam, storage
 from tokenmill.pipeline.config import DecontamConfig
-from tokenmill.pipeline.contracts import write_eval_texts
-from tokenmill.training.eval_sets import HELDOUT, bundled_texts
+from tokenmill.pipeline.contracts import docs_table, write_eval_texts
+from tokenmill.training.eval_sets import HELDOUT, HELDOUT_SET, bundled_texts
 
 CLOZE = list(bundled_texts("tokenmill_cloze"))
 ARTICLE = "The lobster is a large crustacean of the rocky coasts of the eastern Atlantic Ocean , and its shell is blue " \
@@ -62,52 +57,22 @@ def test_min_matches_and_n_are_configurable_and_short_texts_match_whole(tmp_path
     assert decontam.check(index, "Which gas do plants take in from the soil", 1) is None
 
 
-PLANTED = {  # how an evaluation text appears in a crawled page: re-cased, re-spaced, re-punctuated
-    "cloze": lambda: CLOZE[123].upper(),
-    "cloze-quoted": lambda: "“" + CLOZE[301].replace(" ", "\n", 3) + "”",
-    "heldout": lambda: " ".join(HELDOUT.read_text().split()[2000:2060]).replace(" @-@ ", "-").replace(" , ", ", "),
-    "heldout-lower": lambda: " ".join(HELDOUT.read_text().split()[5000:5030]).lower(),
-}
-
-
-@pytest.mark.slow
-def test_default_curate_drops_pages_with_planted_evaluation_text_and_keeps_clean_ones(tmp_path):
-    clean = [json.loads(line) for line in (CORPUS / "datajuicer_redpajama_c4_10docs.jsonl").read_text().splitlines()]
-    hosts = [json.loads(line) for line in (CORPUS / "datajuicer_redpajama_cc_2023_06_10docs.jsonl").read_text().splitlines()]
-    records = [{"id": f"clean-{i}", "text": d["text"]} for i, d in enumerate(clean)]
-    for n, host in enumerate(hosts):  # each host page gets one passage, in the middle of its text
-        name, passage = list(PLANTED.items())[n % len(PLANTED)]
-        paragraphs = host["text"].split("\n")
-        paragraphs.insert(len(paragraphs) // 2, passage())
-        records.append({"id": f"planted-{name}-{n}", "text": "\n".join(paragraphs)})
-    (tmp_path / "in").mkdir()
-    write_jsonl(tmp_path / "in" / "pages.jsonl", records)
-    args = ["curate", str(tmp_path / "in"), "--run-id", "d", "--output-dir", str(tmp_path / "runs"),
-            "--set", "curate.tokenizer.vocab_size=300", "--set", "curate.tokens.seq_len=16",
-            "--set", "curate.tokens.val_fraction=0.3", "--set", "ray.num_cpus=2", "--set", "ray.dashboard=false"]
-    proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    run = tmp_path / "runs" / "d"
-    stats = json.loads((run / "decontam" / "_stats.json").read_text())
-    assert json.loads((run / "decontam" / "_config.json").read_text())["source"] == "dedup"
-    assert stats["docs_in"] == json.loads((run / "dedup" / "_stats.json").read_text())["docs_kept"]
-    assert stats["eval_texts"]["per_set"] == {"heldout": 1, "tokenmill_cloze": 400, "tokenmill_wikitext": 5}
-    rejected = pq.read_table(run / "rejected" / "decontam").to_pylist() if (run / "rejected" / "decontam").exists() else []
-    kept = [r["id"] for p in sorted((run / "decontam").glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
-    reached = kept + [r["id"] for r in rejected]
-    planted = [i for i in reached if i.startswith("planted-")]
-    assert len(planted) >= 4, reached  # enough host pages passed the quality filters to check
-    assert sorted(r["id"] for r in rejected) == sorted(planted)  # every planted page dropped, no clean one
-    assert [i for i in kept if i.startswith("clean-")]  # clean pages reached it and were kept
+def test_a_part_is_split_into_kept_and_rejected_with_the_shared_ngram(tmp_path):
+    """decontam_part on a stored part (what each Ray task runs): planted pages rejected with reason and n-gram,
+    the rest kept, the books balance."""
+    texts, index = str(tmp_path / "texts.jsonl.gz"), str(tmp_path / "index.npz")
+    write_eval_texts(texts, [(HELDOUT_SET, HELDOUT.read_text(encoding="utf-8"))]
+                     + [("tokenmill_cloze", t) for t in CLOZE])
+    decontam.build_index(texts, index, DecontamConfig())
+    clean = [{"id": f"clean-{i}", "text": f"Page {i}. " + " ".join(w for w in ARTICLE.split()[::-1])} for i in range(3)]
+    rows = [{**d, "source": "s", "url": None, "meta": None} for d in planted_pages() + clean]
+    part = str(tmp_path / "run" / "dedup" / "part-00003.parquet")
+    storage.write_parquet(part, docs_table(rows))
+    stats = decontam.decontam_part(part, str(tmp_path / "run"), index, DecontamConfig())
+    rejected = pq.read_table(tmp_path / "run" / "rejected" / "decontam" / "part-00003.parquet").to_pylist()
+    assert sorted(r["id"] for r in rejected) == sorted(r["id"] for r in rows if r["id"].startswith("planted-"))
+    assert stats["docs_in"] == 13 and stats["docs_kept"] == 3 and stats["rejected"] == {
+        "decontam.heldout": 4, "decontam.tokenmill_cloze": 6}
     for r in rejected:
-        expected = "decontam.tokenmill_cloze" if "-cloze" in r["id"] else "decontam.heldout"
-        assert r["reason"] == expected and len(r["duplicate_of"].split()) >= 8, r
-        assert r["duplicate_of"] in " ".join(decontam.words(r["text"]))
-    assert stats["rejected"] == {k: v for k, v in {
-        "decontam.heldout": sum("-heldout" in i for i in planted),
-        "decontam.tokenmill_cloze": sum("-cloze" in i for i in planted)}.items() if v}
-    funnel = (run / "funnel.md").read_text()
-    assert "decontam.heldout" in funnel and "decontam.tokenmill_cloze" in funnel
-    manifest = json.loads((run / "tokens" / "manifest.json").read_text())
-    assert manifest["source_docs"] == stats["docs_kept"]  # what was trained on is what decontam kept
+        assert r["duplicate_of"] in " ".join(decontam.words(r["text"])) and len(r["duplicate_of"].split()) >= 8
+

@@ -5,6 +5,7 @@ copies of lm-eval's own task YAMLs), a task whose data cannot be reached, and th
 report.html self-contained and escaped, every section present, checked in headless Chromium when there is one."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -33,7 +34,7 @@ _WORDS = ["river", "stone", "light", "paper", "garden", "window", "music", "wint
 def _record(dataset: str, i: int) -> dict:
     """Document i of a tiny dataset in the format of the Hub dataset the standard task reads."""
     w = [_WORDS[(i + k) % len(_WORDS)] for k in range(6)]
-    ends = [f"the {a} near the {b}" for a, b in zip(w[:4], w[1:5])]
+    ends = [f"the {a} near the {b}" for a, b in itertools.pairwise(w[:5])]
     abc = {"text": ends, "label": ["A", "B", "C", "D"]}
     return {
         "hellaswag": {"activity_label": w[0], "ctx_a": f"A {w[1]} lies by the {w[2]}.", "ctx_b": "then it",
@@ -163,14 +164,20 @@ def test_early_signal_preset_runs_lm_evals_own_tasks_by_name(evaluated):
 
 
 def test_a_task_whose_data_cannot_be_reached_fails_in_one_line(evaluated, tmp_path, monkeypatch):
+    import lm_eval.tasks
+
     from tokenmill.training.harness import TaskDataError, run_tasks
 
     run_dir, _, _, _, _, _ = evaluated
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no network in tests: the cache is all there is
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # lm-eval's own arc_easy, unchanged, from an include directory (spares indexing all of lm-eval's tasks)
+    (tmp_path / "tasks").mkdir()
+    arc_easy = Path(lm_eval.tasks.__file__).parent / "arc" / "arc_easy.yaml"
+    (tmp_path / "tasks" / "arc_easy.yaml").write_text(yaml.safe_dump({"include": str(arc_easy), "task": "arc_easy"}))
     with pytest.raises(TaskDataError) as e:
-        run_tasks(run_dir / "export", ["arc_easy"], [], tmp_path / "work", 2, 2, 0)
+        run_tasks(run_dir / "export", ["arc_easy"], [str(tmp_path / "tasks")], tmp_path / "work", 2, 2, 0)
     message = str(e.value)
     assert "\n" not in message and message.startswith("lm-eval task 'arc_easy': its data (allenai/ai2_arc/ARC-Easy)")
     assert "offline" in message and "Pre-fetch" in message and "lm_eval_include" in message
@@ -201,14 +208,16 @@ class _Links(HTMLParser):
 def _finetune_metrics(run_dir: Path) -> None:
     """A fine-tune result in the fine-tune flow's contract (labels from data: escaped like everything else)."""
     def model(acc):
-        return {"accuracy": acc, "macro_precision": acc, "macro_recall": acc, "macro_f1": acc,
-                "per_class": {"<b>good</b>": {"precision": acc, "recall": acc, "f1": acc, "support": 10},
-                              "bad": {"precision": acc, "recall": acc, "f1": acc, "support": 10}},
-                "confusion": [[7, 3], [3, 7]]}
+        score = {"mean": acc, "std": 0.05}
+        return {"accuracy": score, "macro_precision": score, "macro_recall": score, "macro_f1": score,
+                "folds": [dict.fromkeys(("accuracy", "macro_precision", "macro_recall", "macro_f1"), acc)] * 5,
+                "confusion": [[35, 15], [15, 35]]}
     out = run_dir / "finetune" / "quality"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"task": "quality", "labels": ["<b>good</b>", "bad"], "train_docs": 80, "heldout_docs": 20,
-                                                  "models": {"pretrained": model(0.7), "random_init": model(0.55), "majority": model(0.5)}}))
+    (out / "metrics.json").write_text(json.dumps({
+        "task": "quality", "labels": ["<b>good</b>", "bad"], "docs": 100, "classifier": "ngram", "folds": 5, "seed": 1,
+        "fold_docs": [20] * 5, "models": {"ngram": model(0.8), "pretrained": model(0.7), "random_init": model(0.55),
+                                          "majority": model(0.5)}}))
 
 
 def test_report_html_is_self_contained_escaped_and_has_every_section(evaluated):
