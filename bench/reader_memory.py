@@ -1,6 +1,6 @@
 """Peak memory of the read stage on one big shard, and the cost of splitting a compressed file.
 
-    python bench/reader_memory.py [--mb 200] [--split-mb 64] [--skip-memory] [--skip-split]
+    python bench/reader_memory.py [--mb 200] [--split-mb 64] [--skip-memory] [--skip-split] [--skip-hostile]
 
 1. Peak RSS of `read_file` on one JSONL shard of --mb MB (the bundled corpus's documents repeated
    with unique ids), in a fresh process each: streamed in batches of `reader.batch_bytes` (default,
@@ -11,6 +11,11 @@
    so the total is the work n parallel tasks would do), or each shard seeks with a gzip index
    (indexed_gzip) built by the planner, the planner's measuring pass, and gzip
    decompression alone; CPU seconds of this process (wall time on a shared machine is mostly waiting).
+3. Peak RSS of `read_file` on a hostile .jsonl.zst shard (default reader settings), in a fresh
+   process: a 1 GiB line that compresses to a few hundred KB, three lines just under
+   `max_record_bytes` whose text is over `max_doc_chars`, 200,000 records without text, then good
+   records; against the bound the reader is built for, imports + 2 x batch_bytes + 3 x max_record_bytes
+   (the raw line, its decoded text and its parsed value), and against the good records alone.
 """
 from __future__ import annotations
 
@@ -89,12 +94,35 @@ def quality_seconds_per_mb(url: Path) -> float:
     return (time.process_time() - started) / (size / 2**20)
 
 
+def write_hostile(path: Path, good: Path) -> int:
+    """The hostile shard of part 3, written compressed as it goes (nothing big is held here)."""
+    from backports import zstd  # the reader's own zstd (compression.zstd from Python 3.14)
+
+    cfg, records = ReaderConfig(), 0
+    with zstd.open(path, "wb") as f:
+        f.write(b'{"text": "')
+        for _ in range(1024):
+            f.write(b"a" * (1 << 20))
+        f.write(b'"}\n')
+        for _ in range(3):
+            f.write(json.dumps({"text": "b" * (cfg.max_record_bytes - 100)}).encode() + b"\n")
+        for i in range(200_000):
+            f.write(json.dumps({"body": f"record {i} keeps its text under another key"}).encode() + b"\n")
+        records = 1 + 3 + 200_000
+        with open(good, "rb") as src:
+            for line in src:
+                f.write(line)
+                records += 1
+    return records
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--split-mb", type=int, default=64, help="uncompressed size of the .jsonl.gz of part 2")
     ap.add_argument("--skip-split", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-hostile", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="reader-bench-"))
     try:
@@ -109,6 +137,20 @@ def main() -> None:
             print(f"   whole shard at once: {whole['peak_kb'] / 1024:7.0f} MB (after imports {whole['base_kb'] / 1024:.0f} MB)")
             print(f"   peak RSS streamed / whole shard: {streamed['peak_kb'] / whole['peak_kb']:.3f}; above imports: "
                   f"{(streamed['peak_kb'] - streamed['base_kb']) / (whole['peak_kb'] - whole['base_kb']):.3f}")
+        if not args.skip_hostile:
+            cfg = ReaderConfig()
+            good = tmp / "good.jsonl"
+            write_big(good, 16)
+            hostile = tmp / "hostile.jsonl.zst"
+            records = write_hostile(hostile, good)
+            print(f"3. a hostile shard: {records} records, {hostile.stat().st_size / 2**20:.1f} MB of .zst "
+                  f"(~{(1 << 30) / 2**20 + 3 * cfg.max_record_bytes / 2**20 + 16 + 10:.0f} MB uncompressed)")
+            bad = peak_rss(hostile, tmp / "run", cfg.batch_bytes)
+            ok = peak_rss(good, tmp / "run", cfg.batch_bytes)
+            bound = bad["base_kb"] * 1024 + 2 * cfg.batch_bytes + 3 * cfg.max_record_bytes
+            print(f"   peak RSS {bad['peak_kb'] / 1024:.0f} MB ({bad['docs']} docs; after imports "
+                  f"{bad['base_kb'] / 1024:.0f} MB); good records alone {ok['peak_kb'] / 1024:.0f} MB; bound (imports + 2 x batch_bytes + 3 x "
+                  f"max_record_bytes) {bound / 2**20:.0f} MB; peak / bound: {bad['peak_kb'] * 1024 / bound:.2f}")
         if args.skip_split:
             return
         gz = tmp / "big.jsonl.gz"
