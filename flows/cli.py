@@ -131,12 +131,12 @@ def _print_finetune(run_dir: str) -> None:
 
     for url in sorted(storage.list_files(storage.join(run_dir, "finetune"), "*/metrics.json")):
         m = storage.read_json(url)
-        table = Table(title=f"fine-tune {m['task']}: held-out {m['heldout_docs']} docs (trained on {m['train_docs']})")
-        for col in ("model", "accuracy", "macro P", "macro R", "macro F1", *(f"F1 {label}" for label in m["labels"])):
+        table = Table(title=f"fine-tune {m['task']}: {m['folds']}-fold cross-validation of {m['docs']} docs, mean ± std "
+                      f"(quality_model uses {m['classifier']})")
+        for col in ("model", "accuracy", "macro P", "macro R", "macro F1"):
             table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
         for name, r in m["models"].items():
-            table.add_row(name, *(f"{r[k]:.3f}" for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")),
-                          *(f"{r['per_class'][label]['f1']:.3f}" for label in m["labels"]))
+            table.add_row(name, *(f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")))
         console.print(table)
 
 

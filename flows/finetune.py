@@ -1,6 +1,6 @@
-"""The finetune flow: a classifier fine-tuned from the run's pretrained model (a DeepSpeed job, next to
-the same architecture from random init and a majority baseline), its held-out metrics as a Prefect
-table artifact, a finetune/_stats.json over every task fine-tuned in the run, and the report updated."""
+"""The finetune flow: the n-gram and the Transformer classifiers (training/finetune.py: k-fold
+cross-validated next to the same Transformer from random init and a majority baseline, then saved), the
+cross-validated metrics as a Prefect table artifact, a finetune/_stats.json over every task fine-tuned in the run, and the report updated."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
@@ -9,6 +9,8 @@ from prefect.artifacts import create_table_artifact
 from tokenmill.pipeline import storage
 
 from .config import RunConfig
+
+SCORES = ("accuracy", "macro_precision", "macro_recall", "macro_f1")  # of metrics.json (training/finetune.py)
 from .report import artifact_key, write_reports
 from .runtime import stage
 
@@ -22,25 +24,21 @@ def finetune_job(config: RunConfig) -> dict:
 
 
 def summarize_tasks(run_dir: str) -> dict:
-    """finetune/_stats.json: per task fine-tuned in this run, its sizes and each model's accuracy and macro F1."""
+    """finetune/_stats.json: per task fine-tuned in this run, its size, folds and each model's mean CV accuracy and macro F1."""
     tasks = {}
     for url in sorted(storage.list_files(storage.join(run_dir, "finetune"), "*/metrics.json")):
         m = storage.read_json(url)
-        tasks[m["task"]] = {"labels": m["labels"], "train_docs": m["train_docs"], "heldout_docs": m["heldout_docs"],
-                            "models": {name: {k: v[k] for k in ("accuracy", "macro_f1")} for name, v in m["models"].items()}}
+        tasks[m["task"]] = {"labels": m["labels"], "docs": m["docs"], "folds": m["folds"], "classifier": m["classifier"],
+                            "models": {name: {k: v[k]["mean"] for k in ("accuracy", "macro_f1")} for name, v in m["models"].items()}}
     summary = {"tasks": tasks}
     storage.write_json(storage.join(run_dir, "finetune", "_stats.json"), summary)
     return summary
 
 
 def metrics_rows(metrics: dict) -> list[dict]:
-    """One artifact row per model: accuracy, macro and per-class F1."""
-    rows = []
-    for name, m in metrics["models"].items():
-        row = {"model": name, **{k: round(m[k], 4) for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")}}
-        row.update({f"f1 {label}": round(c["f1"], 4) for label, c in m["per_class"].items()})
-        rows.append(row)
-    return rows
+    """One artifact row per model: mean and std over the folds of accuracy and macro P/R/F1."""
+    return [{"model": name, **{f"{k} {s}": round(m[k][s], 4) for k in SCORES for s in ("mean", "std")}}
+            for name, m in metrics["models"].items()]
 
 
 @flow(name="finetune", log_prints=True)
@@ -58,8 +56,8 @@ def finetune(config: RunConfig) -> dict:
     metrics = storage.read_json(storage.join(out, "metrics.json"))
     summarize_tasks(run_dir)
     create_table_artifact(metrics_rows(metrics), key=artifact_key("finetune", config.run_id, name),
-                          description=f"fine-tune {name}: held-out metrics ({metrics['heldout_docs']} documents, "
-                          f"{metrics['train_docs']} trained on) of the pretrained model, the same model from random init "
-                          "and the majority class")
+                          description=f"fine-tune {name}: {metrics['folds']}-fold cross-validated metrics ({metrics['docs']} "
+                          "documents) of the n-gram classifier, the pretrained Transformer, the same Transformer from "
+                          f"random init and the majority class; curate's quality_model uses {metrics['classifier']}")
     write_reports(run_dir)  # report.md + report.html, now with the fine-tune section
     return metrics

@@ -226,24 +226,25 @@ def _lm_eval_blocks(lm: dict | None) -> list:
             Table(["task", "metric", "trained", "untrained", "docs"], rows)]
 
 
+FINETUNE_SCORES = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+
+
+def _mean_std(score: dict) -> str:
+    return f"{score['mean']:.3f} ± {score['std']:.3f}"
+
+
 def _finetune_blocks(task: str, m: dict) -> list:
-    labels = m["labels"]
-    models = m["models"]
-    blocks: list = [f"{_fmt(m.get('train_docs'))} training and {_fmt(m.get('heldout_docs'))} held-out documents; "
-                    f"labels: {', '.join(map(str, labels))}.",
+    labels, models, kind = m["labels"], m["models"], m["classifier"]
+    blocks: list = [f"{_fmt(m['docs'])} labeled documents, labels: {', '.join(map(str, labels))}. Stratified {m['folds']}-fold "
+                    f"cross-validation (seed {m['seed']}): each model is trained on the other folds and scored on each fold "
+                    "it never saw; mean ± standard deviation over the folds. The quality_model stage uses the "
+                    f"{kind} classifier (trained on every document).",
                     Table(["model", "accuracy", "macro precision", "macro recall", "macro F1"],
-                          [[name, *(f"{mm[k]:.3f}" for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1"))]
-                           for name, mm in models.items()])]
-    best = "pretrained" if "pretrained" in models else next(iter(models))
-    per_class = models[best].get("per_class", {})
-    if per_class:
-        blocks += [("h3", f"{task}: per class ({best})"),
-                   Table(["label", "precision", "recall", "F1", "support"],
-                         [[label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
-                          for label, c in per_class.items()])]
-    confusion = models[best].get("confusion")
+                          [[name, *(_mean_std(mm[k]) for k in FINETUNE_SCORES)] for name, mm in models.items()])]
+    best = "pretrained" if kind == "transformer" else kind
+    confusion = models.get(best, {}).get("confusion")
     if confusion:
-        blocks += [("h3", f"{task}: confusion ({best}; rows true, columns predicted)"),
+        blocks += [("h3", f"{task}: confusion ({best}, summed over the folds; rows true, columns predicted)"),
                    Table(["true \\ predicted", *map(str, labels)], [[str(label), *row] for label, row in zip(labels, confusion)])]
     return blocks
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -193,6 +193,8 @@ class QualityModelConfig(_Section):
     scores every document that dedup kept; below `threshold` it is rejected (quality_model.low_score)."""
 
     classifier: str | None = Field(None, description="a fine-tune output directory, e.g. runs/<id>/finetune/dclm-quality; unset: off")
+    kind: Literal["ngram", "transformer"] | None = Field(None, description="which of the directory's classifiers scores "
+                                                          "(default: the one its classifier.json names, finetune.model)")
     label: str | None = Field(None, description="the label whose probability is the score (default: the classifier's last label)")
     threshold: float = Field(0.5, ge=0, le=1)
     batch_size: int = Field(16, ge=1)

@@ -1,12 +1,14 @@
-"""Fine-tuning a classifier and the model-based quality filter.
+"""Fine-tuning the classifiers and the model-based quality filter.
 
-Unit tests: the stratified split, the metrics on a hand-counted example, bad labeled input. One
-integration test runs `tokenmill finetune` as a user does (real local Prefect server, a real
-2-process DeepSpeed job on CPU/gloo) on a separable toy task (WikiText paragraphs vs DCLM web pages),
-from the session's tiny pretrained model, then runs `tokenmill curate` on the toy documents with the
-saved classifier as its quality_model stage."""
+Unit tests: the stratified folds, the metrics on a hand-counted example, bad labeled input, the n-gram
+classifier on text without spaces and its bad settings. One integration test runs `tokenmill finetune`
+as a user does (real local Prefect server, a real 2-process DeepSpeed job on CPU/gloo) on a separable
+toy task (WikiText paragraphs vs DCLM web pages), from the session's tiny pretrained model: k-fold
+metrics of every kind, both classifiers saved; then `tokenmill curate` on the toy documents with the
+default (n-gram) classifier as its quality_model stage, and the Transformer kind's stage on a part."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -20,21 +22,34 @@ from helpers import REPO, write_jsonl
 
 from tokenmill.flows.server import start_server, stop_server
 from tokenmill.pipeline import funnel
-from tokenmill.training.finetune import TASKS, classification_metrics, load_labeled, stratified_split
+from tokenmill.training.finetune import TASKS, classification_metrics, cross_validated, load_labeled, stratified_folds
 
 DCLM = TASKS["dclm-quality"]
 WIKI = REPO / "training" / "data" / "heldout" / "wikitext2_valid_head.txt"
+LEIPZIG = REPO / "tests" / "data" / "multilingual"
 
 
-def test_bundled_task_split_is_stratified_and_deterministic():
+def test_bundled_task_folds_are_stratified_and_deterministic():
     texts, y = load_labeled(DCLM.file, DCLM.labels)
     assert len(texts) == 281 and Counter(y.tolist()) == {1: 152, 0: 129}
-    train, heldout = stratified_split(y, 0.2, seed=7)
-    assert len(heldout) == 56 and Counter(y[heldout].tolist()) == {1: 30, 0: 26}
-    assert set(train).isdisjoint(heldout) and len(train) + len(heldout) == 281
-    again, _ = stratified_split(y, 0.2, seed=7)
-    other, _ = stratified_split(y, 0.2, seed=8)
-    assert np.array_equal(train, again) and not np.array_equal(train, other)
+    folds = stratified_folds(y, 5, seed=7)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(281))  # each document held out exactly once
+    assert sorted(len(f) for f in folds) == [56, 56, 56, 56, 57]
+    for f in folds:  # each label spread evenly: 129 = 4 * 26 + 25, 152 = 2 * 31 + 3 * 30
+        assert Counter(y[f].tolist())[0] in (25, 26) and Counter(y[f].tolist())[1] in (30, 31)
+    again, other = stratified_folds(y, 5, seed=7), stratified_folds(y, 5, seed=8)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again)) and not np.array_equal(folds[0], other[0])
+    with pytest.raises(ValueError, match="3 folds need at least 3 documents of each label; the rarest has 2"):
+        stratified_folds(np.array([0, 0, 1, 1, 1]), 3, seed=0)
+
+
+def test_cross_validated_scores_are_mean_and_std_over_folds():
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    folds = [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7])]
+    cv = cross_validated(y, folds, [np.array([0, 1, 0, 1]), np.array([0, 0, 0, 0])], ["a", "b"])
+    assert cv["accuracy"] == {"mean": pytest.approx(0.75), "std": pytest.approx(0.25)}
+    assert [f["macro_f1"] for f in cv["folds"]] == [1.0, pytest.approx(1 / 3)]
+    assert cv["confusion"] == [[4, 0], [2, 2]]
 
 
 def test_metrics_match_a_hand_counted_example():
@@ -57,6 +72,49 @@ def test_a_bad_label_names_the_file_and_line(tmp_path):
         load_labeled(path, ["no", "yes"])
 
 
+def leipzig(lang: str, n: int) -> list[str]:
+    with gzip.open(LEIPZIG / f"leipzig_{lang}.txt.gz", "rt", encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()][:n]
+
+
+def test_ngram_classifier_reads_text_without_spaces():
+    """Chinese vs Japanese web sentences: no spaces, so a 'word' is a whole clause, seen once; the
+    character n-grams inside it are what generalises to sentences the classifier never saw."""
+    from tokenmill.training import ngram
+    from tokenmill.training.config import NgramConfig
+
+    texts = leipzig("zh", 200) + leipzig("ja", 200)
+    y = np.array([0] * 200 + [1] * 200)
+    folds = stratified_folds(y, 2, seed=0)
+    cfg = NgramConfig(buckets=1 << 16)
+
+    def cv_accuracy(cfg):
+        predictions = []
+        for heldout in folds:
+            train = np.setdiff1d(np.arange(len(y)), heldout)
+            params = ngram.fit([texts[i] for i in train], y[train], 2, cfg)
+            predictions.append(ngram.predict_logits([texts[i] for i in heldout], params, cfg).argmax(-1))
+        return cross_validated(y, folds, predictions, ["zh", "ja"])["accuracy"]["mean"]
+
+    assert cv_accuracy(cfg) >= 0.95
+    # the same with word n-grams only (characters 8..8: rarely inside a clause, never shared) is guessing
+    assert cv_accuracy(cfg.model_copy(update={"char_min": 8, "char_max": 8})) < 0.8
+    # a document's features do not depend on the documents batched with it
+    alone = ngram.features(texts[:1], cfg)
+    batched = ngram.features(texts[:3], cfg)
+    assert np.array_equal(alone[1], batched[1][: alone[0][1]]) and np.array_equal(alone[2], batched[2][: alone[0][1]])
+    assert ngram.features(["", "a"], cfg)[0].tolist() == [0, 0, 4]  # empty: no features; "a": 1 word + "<a", "a>", "<a>"
+
+
+def test_ngram_settings_are_checked():
+    from tokenmill.training.config import NgramConfig
+
+    with pytest.raises(ValueError, match="buckets must be a power of two, got 3000"):
+        NgramConfig(buckets=3000)
+    with pytest.raises(ValueError, match="char_min 5 is above char_max 3"):
+        NgramConfig(char_min=5, char_max=3)
+
+
 def toy_task(path) -> list[dict]:
     """40 WikiText paragraphs ("wiki") and 40 DCLM web pages ("web"): two text types a tiny model tells apart."""
     wiki = [line.strip() for line in WIKI.read_text(encoding="utf-8").splitlines()
@@ -74,8 +132,9 @@ def test_finetune_cli_then_the_quality_model_stage(trained_run, tmp_path):
     for part in ("tokens", "train"):  # the session's tiny pretrained run (seq_len 32, vocab 500)
         (run_dir / part).symlink_to(trained_run(0) / part)
     records = toy_task(tmp_path / "toy.jsonl")
-    sets = ["finetune.data_file=" + str(tmp_path / "toy.jsonl"), "finetune.labels=[wiki, web]", "finetune.epochs=4",
-            "finetune.micro_batch=4", "finetune.lr=1e-3", "finetune.nproc=2", "finetune.threads_per_proc=1"]
+    sets = ["finetune.data_file=" + str(tmp_path / "toy.jsonl"), "finetune.labels=[wiki, web]", "finetune.folds=2",
+            "finetune.epochs=3", "finetune.micro_batch=4", "finetune.lr=1e-3", "finetune.nproc=2", "finetune.threads_per_proc=1",
+            "finetune.ngram.buckets=65536"]
     api = start_server(home=str(tmp_path / "prefect-home"))  # one server for the fine-tune and the curate run
     env = {**os.environ, "PREFECT_API_URL": api.url}
     try:
@@ -87,46 +146,63 @@ def test_finetune_cli_then_the_quality_model_stage(trained_run, tmp_path):
         curated = _curate_with_classifier(run_dir / "finetune" / "toy", records, tmp_path, env)
     finally:
         stop_server(api)
-    assert "fine-tune toy: held-out 16 docs (trained on 64)" in out
+    assert "fine-tune toy: 2-fold cross-validation of 80 docs" in out
 
     task_dir = run_dir / "finetune" / "toy"
     metrics = json.loads((task_dir / "metrics.json").read_text())
-    assert set(metrics) == {"task", "labels", "train_docs", "heldout_docs", "models"}
-    assert (metrics["task"], metrics["labels"], metrics["train_docs"], metrics["heldout_docs"]) == ("toy", ["wiki", "web"], 64, 16)
-    assert set(metrics["models"]) == {"pretrained", "random_init", "majority"}
+    assert set(metrics) == {"task", "labels", "docs", "classifier", "folds", "seed", "fold_docs", "models"}
+    assert (metrics["task"], metrics["labels"], metrics["docs"], metrics["classifier"]) == ("toy", ["wiki", "web"], 80, "ngram")
+    assert (metrics["folds"], metrics["fold_docs"]) == (2, [40, 40])
+    assert set(metrics["models"]) == {"ngram", "pretrained", "random_init", "majority"}
     for m in metrics["models"].values():
-        assert set(m) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class", "confusion"}
-        assert sum(map(sum, m["confusion"])) == 16 and [sum(row) for row in m["confusion"]] == [8, 8]
-        assert {k: c["support"] for k, c in m["per_class"].items()} == {"wiki": 8, "web": 8}
-    majority, pretrained = metrics["models"]["majority"], metrics["models"]["pretrained"]
-    assert majority["accuracy"] == 0.5 and majority["macro_f1"] == pytest.approx(1 / 3)
-    assert pretrained["macro_f1"] >= majority["macro_f1"]
-    assert pretrained["accuracy"] >= 0.75  # two clearly different text types
+        assert set(m) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "folds", "confusion"}
+        assert len(m["folds"]) == 2 and [sum(row) for row in m["confusion"]] == [40, 40]  # every document scored once
+        assert m["macro_f1"]["mean"] == pytest.approx(np.mean([f["macro_f1"] for f in m["folds"]]))
+    majority, ngram, pretrained = (metrics["models"][k] for k in ("majority", "ngram", "pretrained"))
+    assert majority["accuracy"] == {"mean": 0.5, "std": 0.0} and majority["macro_f1"]["mean"] == pytest.approx(1 / 3)
+    assert ngram["accuracy"]["mean"] >= 0.9  # two clearly different text types
+    assert pretrained["macro_f1"]["mean"] >= majority["macro_f1"]["mean"]
     summary = json.loads((run_dir / "finetune" / "_stats.json").read_text())
-    assert summary["tasks"]["toy"]["models"]["pretrained"]["accuracy"] == pretrained["accuracy"]
+    assert summary["tasks"]["toy"]["models"]["ngram"]["accuracy"] == ngram["accuracy"]["mean"]
     classifier = json.loads((task_dir / "classifier.json").read_text())
-    assert classifier["labels"] == ["wiki", "web"] and classifier["max_len"] == 32 and (task_dir / classifier["tokenizer"]).exists()
-    assert (task_dir / "_SUCCESS").exists() and (run_dir / "report.md").exists()
+    assert classifier["labels"] == ["wiki", "web"] and classifier["kind"] == "ngram"
+    assert classifier["transformer"]["max_len"] == 32 and (task_dir / classifier["transformer"]["tokenizer"]).exists()
+    assert classifier["ngram"]["buckets"] == 65536 and (task_dir / classifier["ngram"]["weights"]).exists()
+    assert (task_dir / "_SUCCESS").exists() and "| macro F1 |" in (run_dir / "report.md").read_text()
 
-    # The saved classifier as curate's quality filter (threshold at the median score of the toy
-    # documents, so both outcomes occur): every document that dedup kept is scored and kept or
+    # The saved (n-gram) classifier as curate's quality filter (threshold at the median score of the
+    # toy documents, so both outcomes occur): every document that dedup kept is scored and kept or
     # rejected with the reason, the books balance, and the stage's scores are the classifier's.
+    from tokenmill.pipeline.config import QualityModelConfig
     from tokenmill.training.classifier import Classifier
-    from tokenmill.training.quality_model import LOW_SCORE, STAGE
+    from tokenmill.training.quality_model import LOW_SCORE, STAGE, score_part
 
     curate_dir, threshold = curated
-    assert funnel.doc_stages(str(curate_dir)) == ["read", "quality", "dedup", STAGE]
+    stages = funnel.doc_stages(str(curate_dir))
+    assert stages[:3] == ["read", "quality", "dedup"] and stages[-1] == STAGE  # (decontam may come between)
     stats = json.loads((curate_dir / STAGE / "_stats.json").read_text())
     kept, rejected = pq.read_table(curate_dir / STAGE), pq.read_table(curate_dir / "rejected" / STAGE)
-    assert stats["docs_in"] == json.loads((curate_dir / "dedup" / "_stats.json").read_text())["docs_kept"] > 0
+    assert stats["docs_in"] == json.loads((curate_dir / stages[-2] / "_stats.json").read_text())["docs_kept"] > 0
     assert stats["docs_in"] == kept.num_rows + rejected.num_rows and kept.num_rows == stats["docs_kept"]
     assert stats["rejected"] == {LOW_SCORE: rejected.num_rows} and 0 < rejected.num_rows < stats["docs_in"]
     assert min(kept["quality_score"].to_pylist()) >= threshold > max(rejected["quality_score"].to_pylist())
     for table in (kept, rejected):  # the text as the quality stage left it
         expected = Classifier(task_dir).proba(table["text"].to_pylist())[:, 1]
-        assert np.allclose(table["quality_score"].to_pylist(), expected, atol=1e-4)
+        assert np.allclose(table["quality_score"].to_pylist(), expected, atol=1e-5)
     manifest = json.loads((curate_dir / "tokens" / "manifest.json").read_text())
     assert manifest["source_docs"] == stats["docs_kept"]
+
+    # The Transformer classifier saved beside it scores the stage's input part with kind=transformer;
+    # trained on all 80 documents, it tells the two types apart.
+    transformer = Classifier(task_dir, "transformer")
+    texts = [r["text"] for r in records]
+    assert (transformer.proba(texts).argmax(-1) == [r["label"] == "web" for r in records]).mean() >= 0.75
+    part = min((curate_dir / stages[-2]).glob("part-*.parquet"))
+    cfg = QualityModelConfig(classifier=str(task_dir), kind="transformer", label="web", threshold=0.5)
+    part_stats = score_part(str(part), str(tmp_path / "runs" / "t"), cfg)
+    scored = pq.read_table(tmp_path / "runs" / "t" / STAGE).to_pylist() + pq.read_table(tmp_path / "runs" / "t" / "rejected" / STAGE).to_pylist()
+    assert part_stats["docs_in"] == len(scored) == pq.read_table(part).num_rows
+    assert np.allclose([r["quality_score"] for r in scored], transformer.proba([r["text"] for r in scored])[:, 1], atol=1e-4)
 
 
 def _curate_with_classifier(classifier, records: list[dict], tmp_path, env: dict):

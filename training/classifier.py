@@ -1,6 +1,13 @@
-"""A sequence classifier on the pretrained decoder: its final hidden states, mean-pooled over the
-document's tokens, into a linear head. Saved as model.safetensors + classifier.json + tokenizer.json,
-a directory that scores raw text on its own (the curate flow's model-based quality filter uses it).
+"""The classifiers of `tokenmill finetune`, and `Classifier`, which loads either from its directory.
+
+Two kinds, saved side by side in the fine-tune output directory, a directory that scores raw text on
+its own (the curate flow's model-based quality filter uses it); classifier.json names the labels, the
+kind used by default (`kind`) and each kind's settings and files:
+    ngram        hashed word and character n-grams into a linear model (training/ngram.py): ngram.safetensors
+    transformer  the pretrained decoder below: model.safetensors + tokenizer.json
+
+The transformer kind: the decoder's final hidden states, mean-pooled over the document's tokens, into a
+linear head.
 
 Mean pooling rather than the last token: a small causal LM's last position is shaped by predicting
 the next token from local context, while the mean over every position is a steadier document
@@ -15,19 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
+from torch import nn
 
-from tokenmill.pipeline import storage
 from tokenmill.pipeline.contracts import CLASSIFIER_CONFIG, EOS
 
-from .checkpoint import save_fp32
-from .config import ModelConfig
+from . import ngram
+from .config import ModelConfig, NgramConfig
 from .model import Transformer
 
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
+KINDS = ("ngram", "transformer")  # training/ngram.py, and the SequenceClassifier below
 
 
 class SequenceClassifier(nn.Module):
@@ -76,30 +83,34 @@ def predict_proba(model: SequenceClassifier, ids: np.ndarray, lengths: np.ndarra
     return np.concatenate(out) if out else np.zeros((0, model.head.out_features), dtype=np.float32)
 
 
-def save_classifier(state: dict[str, torch.Tensor], out_dir: str | Path, meta: dict) -> None:
-    """Weights (safetensors, fp32) and classifier.json: labels, max_len, pooling, the body's ModelConfig,
-    the tokenizer file beside it and where the body was pretrained."""
-    out_dir = Path(out_dir)
-    save_fp32(state, out_dir / WEIGHTS)
-    storage.write_json(str(out_dir / CLASSIFIER_CONFIG), meta)
-
-
 class Classifier:
-    """A saved classifier, ready to score raw text."""
+    """A saved classifier (the output directory of `tokenmill finetune`), ready to score raw text: the kind
+    classifier.json names (its `kind`), or the other one saved beside it (`kind`: ngram or transformer)."""
 
-    def __init__(self, directory: str | Path, device: str = "cpu"):
+    def __init__(self, directory: str | Path, kind: str | None = None, device: str = "cpu"):
         directory = Path(directory)
         if not (directory / CLASSIFIER_CONFIG).exists():
             raise FileNotFoundError(f"{directory}: no {CLASSIFIER_CONFIG}; expected the output directory of `tokenmill finetune` "
                                     "(runs/<id>/finetune/<task>)")
         self.meta = json.loads((directory / CLASSIFIER_CONFIG).read_text())
         self.labels: list[str] = self.meta["labels"]
-        self.max_len: int = self.meta["max_len"]
-        self.tokenizer = Tokenizer.from_file(str(directory / self.meta["tokenizer"]))
-        self.model = SequenceClassifier(Transformer(ModelConfig(**self.meta["model"])), len(self.labels))
-        self.model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        self.kind: str = kind or self.meta["kind"]
+        if self.kind not in KINDS or self.kind not in self.meta:
+            raise ValueError(f"{directory}: no {kind!r} classifier here (it has {[k for k in KINDS if k in self.meta]})")
+        spec = self.meta[self.kind]
+        if self.kind == "ngram":
+            self.ngram_config = NgramConfig(**{k: v for k, v in spec.items() if k != "weights"})
+            self.params = ngram.load(directory)
+            return
+        self.max_len: int = spec["max_len"]
+        self.tokenizer = Tokenizer.from_file(str(directory / spec["tokenizer"]))
+        self.model = SequenceClassifier(Transformer(ModelConfig(**spec["model"])), len(self.labels))
+        self.model.load_state_dict(load_file(str(directory / spec["weights"])))
         self.model.to(device).eval()
 
     def proba(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
+        """(N, labels) class probabilities; batch_size is the Transformer's (the n-gram kind scores a part at once)."""
+        if self.kind == "ngram":
+            return ngram.softmax(ngram.predict_logits(texts, self.params, self.ngram_config))
         ids, lengths = encode(self.tokenizer, texts, self.max_len)
         return predict_proba(self.model, ids, lengths, batch_size)

@@ -137,6 +137,28 @@ class EvalConfig(_Section):
         return [check_name(name, "evaluate.lm_eval_tasks name") for name in names]  # names become file names
 
 
+class NgramConfig(_Section):
+    """The n-gram classifier (training/ngram.py): hashed word and character n-grams, TF-IDF, logistic regression."""
+
+    # Defaults: the fastest setting measured (bench/quality_model.py) whose cross-validated macro-F1 on the
+    # DCLM pages stays above the TF-IDF + logistic-regression baseline's.
+    buckets: int = Field(1 << 18, ge=1 << 10, description="hash rows (a power of two)")
+    word_ngrams: int = Field(2, ge=1, le=4, description="word n-grams up to this n")
+    char_min: int = Field(2, ge=1, le=8, description="character n-grams (inside '<word>') from this n...")
+    char_max: int = Field(3, ge=1, le=8, description="... to this n")
+    max_chars: int = Field(3_000, ge=100, le=60_000, description="characters read per document (the rest is cut)")
+    c: float = Field(10.0, gt=0, description="inverse L2 strength, as scikit-learn's LogisticRegression(C)")
+    max_iter: int = Field(200, ge=1, description="L-BFGS iterations")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.buckets & (self.buckets - 1):
+            raise ValueError(f"finetune.ngram.buckets must be a power of two, got {self.buckets}")
+        if self.char_min > self.char_max:
+            raise ValueError(f"finetune.ngram.char_min {self.char_min} is above char_max {self.char_max}")
+        return self
+
+
 class FinetuneConfig(_Section):
     """`tokenmill finetune`: a sequence classifier on the run's pretrained model, next to the same
     architecture from random init and a majority-class baseline."""
@@ -148,7 +170,10 @@ class FinetuneConfig(_Section):
     text_key: str = "text"
     label_key: str = "label"
     labels: list[str] | None = Field(None, description="label names; an integer label i means labels[i] (default: the task's)")
-    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="of each label, held out for the metrics (stratified)")
+    model: Literal["ngram", "transformer"] = Field("ngram", description="the classifier curate's quality_model uses "
+                                                   "(both are trained and saved; classifier.json names this one)")
+    folds: int = Field(5, ge=2, description="stratified k-fold cross-validation of every kind, for metrics.json")
+    ngram: NgramConfig = NgramConfig()
     seed: int = 1234
     epochs: int = Field(4, ge=1)
     max_len: int | None = Field(None, ge=8, description="tokens read per document (the rest is cut); default: the model's seq_len")

@@ -54,7 +54,10 @@ event_sink: Callable[[dict], None] | None = None
 def emit(kind: str, **payload) -> None:
     """Report an event to the launcher (in the job)."""
     event = {"event": kind, **payload}
-    print(EVENT + json.dumps(event), flush=True)
+    # One write: the ranks share the launcher's pipe and run unbuffered, where print's separate write of
+    # the newline let another rank's output land inside the event's line (seen in the fine-tune job).
+    sys.stdout.write(EVENT + json.dumps(event) + "\n")
+    sys.stdout.flush()
     if event_sink is not None:
         event_sink(event)
 

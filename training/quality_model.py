@@ -1,5 +1,6 @@
 """The model-based quality filter of the curate flow (as FineWeb-Edu and DCLM filter their crawls):
-a classifier from `tokenmill finetune` scores each document of a part; the score (the probability
+a classifier from `tokenmill finetune` (by default its n-gram kind, see training/classifier.py) scores
+each document of a part; the score (the probability
 of the configured label) goes into a `quality_score` column, and a document scoring below the
 threshold is rejected as `quality_model.low_score`."""
 from __future__ import annotations
@@ -28,7 +29,11 @@ def score_label(cfg: QualityModelConfig) -> tuple[str, list[str]]:
     if not cfg.classifier or not path.exists():
         raise FileNotFoundError(f"curate.quality_model.classifier: {path} not found; point it at the output directory "
                                 "of `tokenmill finetune` (runs/<id>/finetune/<task>)")
-    labels = json.loads(path.read_text())["labels"]
+    meta = json.loads(path.read_text())
+    if cfg.kind and cfg.kind not in meta:
+        raise ValueError(f"curate.quality_model.kind {cfg.kind!r}: {cfg.classifier} has no such classifier; "
+                         "fine-tune it again with this tokenmill")
+    labels = meta["labels"]
     label = cfg.label or labels[-1]
     if label not in labels:
         raise ValueError(f"curate.quality_model.label {label!r} is not a label of {cfg.classifier} ({labels})")
@@ -36,10 +41,10 @@ def score_label(cfg: QualityModelConfig) -> tuple[str, list[str]]:
 
 
 @functools.lru_cache(maxsize=2)  # a Ray worker scoring several parts loads the classifier once
-def _classifier(directory: str):
+def _classifier(directory: str, kind: str | None):
     from .classifier import Classifier  # torch: imported where a part is scored, not by the curate flow
 
-    return Classifier(directory)
+    return Classifier(directory, kind)
 
 
 def score_part(part_url: str, run_dir: str, cfg: QualityModelConfig) -> dict:
@@ -47,7 +52,7 @@ def score_part(part_url: str, run_dir: str, cfg: QualityModelConfig) -> dict:
     started = time.perf_counter()
     label, _ = score_label(cfg)
     table = storage.read_parquet(part_url)
-    classifier = _classifier(str(Path(cfg.classifier).resolve()))
+    classifier = _classifier(str(Path(cfg.classifier).resolve()), cfg.kind)
     scores = classifier.proba(table["text"].to_pylist(), cfg.batch_size)[:, classifier.labels.index(label)]
     reasons = [LOW_SCORE if s < cfg.threshold else None for s in scores]
     table = table.append_column(SCORE.name, pa.array(scores, SCORE.type))
