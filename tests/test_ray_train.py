@@ -20,7 +20,7 @@ def local_ray(tmp_path_factory):
     from tokenmill.flows.server import free_port
 
     # The dashboard serves the state API (list_actors).
-    context = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+    context = ray.init("local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
                        logging_level="error", log_to_driver=False)
     yield "http://" + context.dashboard_url
     ray.shutdown()
