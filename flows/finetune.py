@@ -8,11 +8,13 @@ from prefect.artifacts import create_table_artifact
 
 from tokenmill.pipeline import storage
 
+from .cluster import ray_runtime
 from .config import RunConfig
 
 SCORES = ("accuracy", "macro_precision", "macro_recall", "macro_f1")  # of metrics.json (training/finetune.py)
 from .report import artifact_key, write_reports
 from .runtime import stage
+from .train import on_ray_train
 
 
 @task(name="deepspeed-finetune-job")
@@ -20,7 +22,13 @@ def finetune_job(config: RunConfig) -> dict:
     # torch: imported where the job is prepared, not with the flow
     from tokenmill.training.finetune import run_finetune
 
-    return run_finetune(config.finetune, config.run_dir, on_line=get_run_logger().info)
+    on_line = get_run_logger().info
+    if not on_ray_train(config):
+        return run_finetune(config.finetune, config.run_dir, on_line=on_line)
+    # train.launcher decides for both DeepSpeed jobs: on a Ray cluster, Ray Train workers
+    with ray_runtime(config.ray, config.run_id, "finetune"):
+        return run_finetune(config.finetune, config.run_dir, on_line=on_line,
+                            ray_name=f"{config.run_id}-finetune-{config.finetune.task}")
 
 
 def summarize_tasks(run_dir: str) -> dict:

@@ -215,7 +215,8 @@ def main(job_path: str) -> None:
 
 # ---- the driver (the flow calls this) -------------------------------------------------------------
 
-def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], None] = print) -> dict:
+def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], None] = print,
+                 ray_name: str | None = None) -> dict:
     """Cross-validate every kind and save both classifiers, from the run's pretrained model (run_dir/train) and
     tokenizer (run_dir/tokens); write run_dir/finetune/<task>/ (classifier, metrics.json) and return the metrics."""
     run, train_dir, tokens_dir = Path(run_dir), Path(run_dir) / "train", Path(run_dir) / "tokens"
@@ -256,7 +257,7 @@ def run_finetune(cfg: FinetuneConfig, run_dir: str, on_line: Callable[[str], Non
     job.write_text(json.dumps({"finetune": cfg.model_dump(), "labels": task.labels, "pretrained_dir": str(train_dir),
                                "model": model_cfg.model_dump(), "data": str(out / "data.npz"), "out_dir": str(out),
                                "folds": [f.tolist() for f in folds]}, indent=2))
-    summary = run_module("tokenmill.training.finetune", cfg, job, str(out), "finetune.log", on_line)
+    summary = run_module("tokenmill.training.finetune", cfg, job, str(out), "finetune.log", on_line, ray_name)
     (out / "data.npz").unlink()
 
     for v in VARIANTS:
