@@ -45,6 +45,7 @@ from tokenmill.training.finetune import TASKS, classification_metrics, load_labe
 VARIANTS = {  # n-gram settings compared (speed and F1); "default" is finetune.ngram's
     "default": {},
     "chars 2-5, 20k chars, 2^20 rows": {"char_min": 2, "char_max": 5, "max_chars": 20_000, "buckets": 1 << 20},
+    "3k chars": {"max_chars": 3_000},
     "chars 2-4": {"char_max": 4},
     "chars 3-5, 5k chars": {"char_min": 3, "char_max": 5, "max_chars": 5_000},
     "words only": {"char_min": 8, "char_max": 8},  # 8-grams: rare inside a word, so nearly words alone
@@ -124,7 +125,7 @@ def speed(n_docs: int, classifier: str | None, work: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from tokenmill.training.quality_model import score_part
+    from tokenmill.training.quality_model import _classifier, score_part
 
     texts = corpus_texts()
     rows = [{"id": f"d{i}", "text": texts[i % len(texts)], "source": "bench", "url": None, "meta": "{}", "lang": None,
@@ -141,9 +142,13 @@ def speed(n_docs: int, classifier: str | None, work: Path) -> None:
     print(f"{'quality (heuristic filters)':28s} {n_docs:6d} {q_cpu:7.2f} {q_wall:7.2f} {n_docs / q_cpu:12,.0f} {1:14.2f}")
     for kind in ("ngram", "transformer"):
         cfg = QualityModelConfig(classifier=classifier, kind=kind)
-        score_part(quality_part, str(work / f"warm-{kind}"), cfg)  # load the classifier (cached per process), compile
+        _classifier(str(Path(classifier).resolve()), kind).proba(texts[:16])  # load it (cached per process), compile
         _, cpu, wall = timed(lambda cfg=cfg, kind=kind: score_part(quality_part, str(work / f"qm-{kind}"), cfg))
         print(f"{'quality_model, ' + kind:28s} {kept:6d} {cpu:7.2f} {wall:7.2f} {kept / cpu:12,.0f} {(q_cpu + cpu) / q_cpu:14.2f}")
+    cfg = QualityModelConfig(classifier=classifier, kind="ngram")
+    _, cpu, wall = timed(lambda: score_part(read_part, str(work / "qm-all"), cfg))
+    print(f"{'quality_model, ngram, all':28s} {n_docs:6d} {cpu:7.2f} {wall:7.2f} {n_docs / cpu:12,.0f}"
+          "   (every document of the corpus, unfiltered)")
     print("cost x quality: CPU of quality + quality_model over quality alone (the filter's added cost)")
     print("(the quality_model stage scores the documents the quality stage kept; dedup, between them in a run, is left out)")
 
@@ -151,11 +156,11 @@ def speed(n_docs: int, classifier: str | None, work: Path) -> None:
 
     print("\nscoring only (Classifier.proba on the kept texts, no Parquet):")
     texts_kept = storage.read_parquet(quality_part)["text"].to_pylist()
-    for kind in ("ngram", "transformer"):
+    for kind, n in (("ngram", len(texts_kept)), ("transformer", 200)):
         model = Classifier(classifier, kind)
         model.proba(texts_kept[:32])
-        _, cpu, wall = timed(lambda model=model: model.proba(texts_kept))
-        print(f"  {kind:12s} {len(texts_kept) / cpu:10,.0f} docs/s per core ({cpu:.2f} CPU s, {wall:.2f} wall s)")
+        _, cpu, wall = timed(lambda model=model, n=n: model.proba(texts_kept[:n]))
+        print(f"  {kind:12s} {n / cpu:10,.0f} docs/s per core ({n} docs, {cpu:.2f} CPU s, {wall:.2f} wall s)")
     for name, settings in VARIANTS.items():
         cfg = NgramConfig(**settings)
         task = TASKS["dclm-quality"]

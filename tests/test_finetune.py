@@ -216,6 +216,7 @@ def _curate_with_classifier(classifier, records: list[dict], tmp_path, env: dict
     write_jsonl(tmp_path / "toy-docs.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
     sets = [f"curate.quality_model.classifier={classifier}", "curate.quality_model.label=web",
             f"curate.quality_model.threshold={threshold}", "curate.tokenizer.vocab_size=300", "curate.tokens.seq_len=32",
+            "curate.decontam.enabled=false",  # the toy's WikiText paragraphs are evaluation text: decontam would drop them
             "ray.num_cpus=2", "ray.dashboard=false"]
     proc = subprocess.run([sys.executable, "-m", "tokenmill.flows.cli", "curate", str(tmp_path / "toy-docs.jsonl"),
                            "--run-id", "c", "--output-dir", str(tmp_path / "runs"), *(a for s in sets for a in ("--set", s))],
