@@ -69,3 +69,17 @@ def planted_pages() -> list[dict]:
             pages.append({"id": f"planted-{kind}-{n}", "text": "\n".join(paragraphs)})
     return pages
 
+
+def warc_bytes(records: list[tuple[str, bytes]]) -> bytes:
+    """WARC response records (uri, HTTP message), uncompressed."""
+    out = b""
+    for i, (uri, http) in enumerate(records):
+        out += (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\n"
+                f"WARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-{i:012d}>\r\nWARC-Date: 2024-01-01T00:00:00Z\r\n"
+                f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n").encode()
+        out += http + b"\r\n\r\n"
+    return out
+
+
+def http_response(status: str, headers: str, body: bytes) -> bytes:
+    return f"HTTP/1.1 {status}\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body

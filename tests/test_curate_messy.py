@@ -1,6 +1,9 @@
 """`tokenmill curate` on a messy corpus (real WARC + WET files, broken JSONL, truncated gzip, a binary
-file, an empty file) as a user runs it: real Prefect server, real local Ray. Every stage's books
-balance per reason against the parts on disk, and what comes out of the WARC pages is clean text."""
+file, an empty file, and every hostile record of issue 15 between good ones: lone surrogates,
+5,000-deep nesting, a line over max_record_bytes, a 64 MB line in a few KB of .zst, a gzip bomb in a
+WARC body, documents that were quadratic to split) as a user runs it: real Prefect server, real local
+Ray. Every stage's books balance per reason against the parts on disk, every good record is read,
+and what comes out of the WARC pages is clean text."""
 from __future__ import annotations
 
 import gzip
@@ -15,12 +18,47 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import CORPUS, REPO, planted_pages, write_jsonl
+from helpers import CORPUS, REPO, http_response, planted_pages, warc_bytes, write_jsonl
 
 from tokenmill.flows.server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 WARC_DIR = Path(__file__).parent / "data" / "warc"
+MAX_RECORD_BYTES = 1 << 20  # --set curate.reader.max_record_bytes for the run
+
+
+def good_docs() -> list[dict]:
+    with gzip.open(CORPUS / "dolma_common_crawl_documents_10docs.jsonl.gz", "rt") as f:
+        return [{"id": f"good-{i}", "text": json.loads(line)["text"]} for i, line in enumerate(f)]
+
+
+def hostile_inputs(inputs: Path) -> None:
+    """Every hostile record between good ones: hostile.jsonl, bomb.jsonl.zst, hostile.warc."""
+    good = good_docs()
+    hostile = [
+        '{"id": "surrogate", "text": "caf\\ud800 broken emoji"}',
+        '{"id": "\\udfff", "text": "fine text, bad id"}',
+        '{"id": "deep", "text": ' + "[" * 5000 + "]" * 5000 + "}",
+        json.dumps({"id": "long-line", "text": "x" * (MAX_RECORD_BYTES + 10)}),
+        json.dumps({"id": "run-of-section-signs", "text": "§" * 100_000}),
+        json.dumps({"id": "run-of-dotted-words", "text": "a.b" * 30_000 + " me@example.com"}),
+        json.dumps({"id": "run-of-marks", "text": "Yes. " + "..." * 30_000}),
+        json.dumps({"id": "blank", "text": " \u200f\n\u3000 "}),
+        json.dumps({"id": "no-text", "body": "under another key"}),
+    ]
+    lines = [line for pair in zip(good, hostile) for line in pair] + good[len(hostile):]
+    write_jsonl(inputs / "hostile.jsonl", lines)
+    bomb = json.dumps({"id": "bomb", "text": "a" * (64 << 20)}) + "\n" + json.dumps(good[0] | {"id": "after-bomb"})
+    zstd = pytest.importorskip("compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd")
+    (inputs / "bomb.jsonl.zst").write_bytes(zstd.compress(bomb.encode() + b"\n"))
+    html = "Content-Type: text/html; charset=utf-8\r\n"
+    page = f"<html><body><article><p>{good[1]['text']}</p></article></body></html>".encode()
+    (inputs / "hostile.warc").write_bytes(warc_bytes([
+        ("http://hostile.example/bomb", http_response("200 OK", html + "Content-Encoding: gzip\r\n",
+                                                      gzip.compress(b"<p>" + b"z" * (64 << 20)))),
+        ("http://hostile.example/404", http_response("404 Not Found", html, b"x" * (2 * MAX_RECORD_BYTES))),
+        ("http://hostile.example/ok", http_response("200 OK", html, page)),
+    ]))
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +75,11 @@ def run(tmp_path_factory):
     (inputs / "image.txt").write_bytes(bytes(range(256)) * 8)
     whole = gzip.compress((CORPUS / "datajuicer_redpajama_cc_2023_06_10docs.jsonl").read_bytes())
     (inputs / "truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    hostile_inputs(inputs)
     args = ["curate", str(inputs), "--run-id", "m", "--output-dir", str(work / "runs"),
             "--set", "curate.tokenizer.vocab_size=300", "--set", "curate.tokens.seq_len=32",
-            "--set", "ray.num_cpus=2", "--set", "ray.dashboard=false"]
+            "--set", "ray.num_cpus=2", "--set", "ray.dashboard=false",
+            "--set", f"curate.reader.max_record_bytes={MAX_RECORD_BYTES}"]
     api = start_server(home=str(work / "prefect-home"))  # one server for both runs (each would start its own)
     env = {**os.environ, "PREFECT_API_URL": api.url}
     try:
@@ -140,3 +180,32 @@ def test_pages_carrying_evaluation_text_are_dropped_by_decontam_and_clean_ones_k
     manifest = json.loads((run_dir / "tokens" / "manifest.json").read_text())
     assert manifest["source_docs"] == stats["docs_kept"]  # what is trained on is what decontam kept
 
+
+def test_hostile_records_are_each_accounted_for_and_every_good_record_is_read(run):
+    run_dir, _, _ = run
+    rows = [d for kind in ("read", "rejected/read") for p in (run_dir / kind).glob("part-*.parquet")
+            for d in pq.read_table(p).to_pylist()]
+    by_id = {d["id"]: d for d in rows}
+    kept = {d["id"] for d in rows if not d.get("reason")}
+    # every good record is read, including the ones after a hostile record in the same shard
+    assert {d["id"] for d in good_docs()} | {"after-bomb"} <= kept
+    assert any(d["url"] == "http://hostile.example/ok" for d in rows if d["id"] in kept)
+    # every line of hostile.jsonl is one row, kept or rejected with the reason for it
+    lines = (run_dir.parent.parent / "in" / "hostile.jsonl").read_bytes().split(b"\n")
+    assert len([d for d in rows if d["source"].endswith("hostile.jsonl")]) == len([x for x in lines if x.strip()])
+    reason = {i: by_id[i].get("reason") for i in ("surrogate", "blank", "no-text")}
+    # only a right-to-left mark between spaces: text to the reader, nothing once normalized (quality rejects it)
+    assert reason == {"surrogate": "read.invalid_unicode", "blank": None, "no-text": "read.missing_text"}
+    assert by_id["surrogate"]["text"] == "caf\ufffd broken emoji"
+    reasons = Counter(d.get("reason") for d in rows if d["source"].endswith("hostile.jsonl"))
+    # the bad id too; the 5,000-deep line; the line over max_record_bytes (both rejected unparsed: derived ids)
+    assert (reasons["read.invalid_unicode"], reasons["read.invalid_json"], reasons["read.too_large"]) == (2, 1, 1)
+    bomb = Counter(d.get("reason") for d in rows if d["source"].endswith("bomb.jsonl.zst"))
+    assert bomb == {"read.too_large": 1, None: 1}  # the 64 MB line rejected while skipped, never held; then read on
+    bombs = [d for d in rows if d["url"] in ("http://hostile.example/bomb", "http://hostile.example/404")]
+    assert sorted(d["reason"] for d in bombs) == ["read.http_status", "read.too_large"]
+    # the documents that were quadratic to split went through the quality stage (kept or rejected)
+    quality = {d["id"]: d.get("reason") for kind in ("quality", "rejected/quality")
+               for p in (run_dir / kind).glob("part-*.parquet") for d in pq.read_table(p).to_pylist()}
+    assert {"run-of-section-signs", "run-of-dotted-words", "run-of-marks"} <= set(quality)
+    assert quality["blank"]  # rejected, with its reason

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_jsonl
+from helpers import http_response, warc_bytes, write_jsonl
 
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import ReaderConfig
@@ -288,31 +288,17 @@ def test_a_compressed_line_bomb_is_skipped_in_bounded_memory(tmp_path):
         assert peak < 4 << 20, (name, peak)  # a few times max_record_bytes, not the 16 MB line
 
 
-def _warc(records: list[tuple[str, bytes]]) -> bytes:
-    out = b""
-    for i, (uri, http) in enumerate(records):
-        out += (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\n"
-                f"WARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-{i:012d}>\r\nWARC-Date: 2024-01-01T00:00:00Z\r\n"
-                f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n").encode()
-        out += http + b"\r\n\r\n"
-    return out
-
-
-def _http(status: str, headers: str, body: bytes) -> bytes:
-    return f"HTTP/1.1 {status}\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
-
-
 def test_warc_bodies_are_checked_before_they_are_read_and_decompressed_in_bounds(tmp_path):
     page = f"<html><body><p>{ARTICLE}</p></body></html>".encode()
     html = "Content-Type: text/html; charset=utf-8\r\n"
     path = tmp_path / "hostile.warc"
-    path.write_bytes(_warc([
-        ("http://a/404", _http("404 Not Found", html, b"x" * (1 << 20))),
-        ("http://a/pdf", _http("200 OK", "Content-Type: application/pdf\r\n", b"%PDF" + b"\0" * (1 << 20))),
-        ("http://a/big", _http("200 OK", html, b"<p>" + b"y" * (1 << 20))),  # declared size over the limit
-        ("http://a/bomb", _http("200 OK", html + "Content-Encoding: gzip\r\n",
+    path.write_bytes(warc_bytes([
+        ("http://a/404", http_response("404 Not Found", html, b"x" * (1 << 20))),
+        ("http://a/pdf", http_response("200 OK", "Content-Type: application/pdf\r\n", b"%PDF" + b"\0" * (1 << 20))),
+        ("http://a/big", http_response("200 OK", html, b"<p>" + b"y" * (1 << 20))),  # declared size over the limit
+        ("http://a/bomb", http_response("200 OK", html + "Content-Encoding: gzip\r\n",
                                 gzip.compress(b"<p>" + b"z" * (16 << 20)))),  # a few KB that gunzip to 16 MB
-        ("http://a/ok", _http("200 OK", html, page)),
+        ("http://a/ok", http_response("200 OK", html, page)),
     ]))
     records, peak = _peak_bytes(lambda: list(read_records(str(path), ReaderConfig(max_record_bytes=256 << 10))))
     assert reasons_of(records) == ["read.http_status", "read.not_html", "read.too_large", "read.too_large", None]
