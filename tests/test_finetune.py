@@ -223,3 +223,20 @@ def _curate_with_classifier(classifier, records: list[dict], tmp_path, env: dict
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     return tmp_path / "runs" / "c", threshold
+
+
+def test_compare_shows_each_models_cross_validated_macro_f1(tmp_path):
+    from tokenmill.flows.report import compare_rows
+
+    def model(f1):
+        score = {"mean": f1, "std": 0.04}
+        return {"accuracy": score, "macro_precision": score, "macro_recall": score, "macro_f1": score, "folds": [],
+                "confusion": [[4, 1], [1, 4]]}
+    for run, models in (("a", {"ngram": model(0.87), "majority": model(0.35)}), ("b", {"ngram": model(0.8)})):
+        out = tmp_path / run / "finetune" / "q"
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"task": "q", "labels": ["low", "high"], "docs": 10, "classifier": "ngram",
+                                                      "folds": 2, "seed": 1, "fold_docs": [5, 5], "models": models}))
+    header, rows = compare_rows([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert header[-2:] == ["q ngram macro F1 (CV)", "q majority macro F1 (CV)"]
+    assert [r[-2:] for r in rows] == [["0.870 ± 0.040", "0.350 ± 0.040"], ["0.800 ± 0.040", "-"]]
