@@ -94,9 +94,10 @@ class Classifier:
                                     "(runs/<id>/finetune/<task>)")
         self.meta = json.loads((directory / CLASSIFIER_CONFIG).read_text())
         self.labels: list[str] = self.meta["labels"]
-        self.kind: str = kind or self.meta["kind"]
+        self.kind: str = kind or self.meta.get("kind")
         if self.kind not in KINDS or self.kind not in self.meta:
-            raise ValueError(f"{directory}: no {kind!r} classifier here (it has {[k for k in KINDS if k in self.meta]})")
+            raise ValueError(f"{directory}: no {self.kind!r} classifier here (it has {[k for k in KINDS if k in self.meta]}); "
+                             "a directory from an older tokenmill needs `tokenmill finetune` again")
         spec = self.meta[self.kind]
         if self.kind == "ngram":
             self.ngram_config = NgramConfig(**{k: v for k, v in spec.items() if k != "weights"})
