@@ -31,9 +31,8 @@ def ray_runtime(cfg: RayConfig, run_id: str | None = None, stage: str = "run", k
         return
     from ray.job_config import JobConfig
 
-    kwargs = {**ray_task_runner(cfg).init_kwargs, "namespace": NAMESPACE}  # also applies the local-Ray settings here
-    # "local": a new local Ray even when `ray start` left one on this machine (ray.init() would join it).
-    address = cfg.address or "local"
+    runner = ray_task_runner(cfg)  # also applies the local-Ray settings here
+    kwargs, address = {**runner.init_kwargs, "namespace": NAMESPACE}, runner.address
     if keep and cfg.address is None:
         address = start_kept_head(cfg)
         kwargs = {k: v for k, v in kwargs.items() if k in ("runtime_env", "log_to_driver", "namespace")}

@@ -68,7 +68,9 @@ def ray_task_runner(cfg: RayConfig) -> RayTaskRunner:
             include_dashboard=cfg.dashboard,
             dashboard_host=cfg.dashboard_host,
         )
-    return RayTaskRunner(address=cfg.address, init_kwargs=init_kwargs)
+    # "local": a new Ray even when `ray start` (--keep-server) left a head on this machine, which a
+    # plain ray.init() would join.
+    return RayTaskRunner(address=cfg.address or "local", init_kwargs=init_kwargs)
 
 
 def run_step(step: Step, max_in_flight: int, retries: int = 0, retry_delay_s: float = 0, max_tasks: int | None = None) -> list:
