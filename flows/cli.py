@@ -115,7 +115,7 @@ def _print_summary(cfg: RunConfig) -> None:
     table.add_column(style="bold", no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
     for label, value in summary_rows(load_stats(cfg.run_dir)):
-        table.add_row(escape(label), escape(value))  # e.g. 'pip install tokenmill[eval]' is not markup
+        table.add_row(escape(label), escape(value))  # e.g. 'pip install lm-eval[hf]' is not markup
     console.print(table)
     _print_funnel(cfg.run_dir)
     _print_finetune(cfg.run_dir)
