@@ -61,6 +61,17 @@ def _is_separator(c) -> bool:
 
 
 @njit(cache=True, inline="always")
+def _next_word(codes, i, end):
+    """Bounds [start, stop) of the first word at or after position i; start == end when there is none."""
+    while i < end and _is_separator(codes[i]):
+        i += 1
+    stop = i
+    while stop < end and not _is_separator(codes[stop]):
+        stop += 1
+    return i, stop
+
+
+@njit(cache=True, inline="always")
 def _add(h, shift, counts, touched, n_touched):
     b = np.int64((h * _M64A) >> shift)  # multiply-shift: the top bits of an odd multiple are well mixed
     if counts[b] == 0:
@@ -107,16 +118,11 @@ def count_features(codes, offsets, bits, word_ngrams, char_min, char_max):
         n_touched = 0
         recent = np.zeros(4, np.uint64)  # hashes of the last words, most recent first
         n_words = 0
-        i = start
-        while i < end:
-            while i < end and _is_separator(codes[i]):
-                i += 1
-            if i >= end:
-                break
+        w_start, w_end = _next_word(codes, start, end)
+        while w_start < end:
             h = _WORD_SEED
-            while i < end and not _is_separator(codes[i]):
-                h = (h + np.uint64(codes[i])) * _B
-                i += 1
+            for q in range(w_start, w_end):
+                h = (h + np.uint64(codes[q])) * _B
             for k in range(3, 0, -1):
                 recent[k] = recent[k - 1]
             recent[0] = h
@@ -128,19 +134,12 @@ def count_features(codes, offsets, bits, word_ngrams, char_min, char_max):
                     break
                 g = (g + _fmix64(recent[n - 1] + _BIGRAM_SEED)) * _B
                 n_touched = _add(g + np.uint64(n), shift, counts, touched, n_touched)
+            w_start, w_end = _next_word(codes, w_end, end)
         nnz = _flush(counts, touched, n_touched, _WORDS, indices, values, blocks, nnz)
         # characters: n-grams inside "<word>"
         n_touched = 0
-        i = start
-        while i < end:
-            while i < end and _is_separator(codes[i]):
-                i += 1
-            if i >= end:
-                break
-            w_start = i
-            while i < end and not _is_separator(codes[i]):
-                i += 1
-            w_end = i
+        w_start, w_end = _next_word(codes, start, end)
+        while w_start < end:
             # padded word positions p in [w_start - 1, w_end]: w_start - 1 is "<", w_end is ">"
             for p in range(w_start - 1, w_end + 1):
                 h = _CHAR_SEED
@@ -152,6 +151,7 @@ def count_features(codes, offsets, bits, word_ngrams, char_min, char_max):
                     h = (h + np.uint64(c)) * _B
                     if n >= char_min:
                         n_touched = _add(h + np.uint64(n), shift, counts, touched, n_touched)
+            w_start, w_end = _next_word(codes, w_end, end)
         nnz = _flush(counts, touched, n_touched, _CHARS, indices, values, blocks, nnz)
         indptr[d + 1] = nnz
     return indptr, indices[:nnz], values[:nnz], blocks[:nnz]
