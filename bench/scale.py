@@ -119,7 +119,7 @@ def run_curate(inputs: Path, run_dir: Path, cpus: int, extra: list[str]) -> dict
     with open(run_dir / "curate.log", "wb") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        cpu, peak, series = watch(proc)
+        cpu, peak, peaks, series = watch(proc)
     wall = time.perf_counter() - started
     text = (run_dir / "curate.log").read_text(errors="replace")
     if proc.returncode != 0:
@@ -129,32 +129,54 @@ def run_curate(inputs: Path, run_dir: Path, cpus: int, extra: list[str]) -> dict
         by_role[r] = by_role.get(r, 0.0) + seconds
     task_runs = sum(int(m) for m in re.findall(r"in (\d+) task runs", text))
     return {"wall_s": wall, "cpu_s": by_role, "peak_rss_mb": peak / 2**20, "task_runs": task_runs,
-            "stage_cpu_s": stage_cpu(text, series)}
+            "peaks_mb": {k: round(v / 2**20) for k, v in sorted(peaks.items())}, "stage_cpu_s": stage_cpu(text, series)}
 
 
-def watch(proc: subprocess.Popen) -> tuple[dict[int, tuple[str, float]], int, list[tuple[float, float]]]:
+def watch(proc: subprocess.Popen) -> tuple[dict[int, tuple[str, float]], int, dict[str, int], list]:
     """Until `proc` exits: CPU seconds of every process of its tree (by pid, with its role), the peak
-    RSS summed over the tree, and (time, CPU seconds of the Ray processes so far) at each sample."""
+    RSS summed over the tree, per kind of process the peak of its summed RSS (`<kind>`) and of its
+    largest process (`<kind>_max`), so a growing peak can be put on a kind, and (time, CPU seconds of
+    the Ray processes so far) at each sample."""
     cpu: dict[int, tuple[str, float]] = {}
-    peak, series = 0, []
+    peak, peaks, series = 0, {}, []
     while proc.poll() is None:
         try:
             tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         except psutil.Error:
             break
-        rss = 0
+        rss, by_kind = 0, {}
         for p in tree:
             try:
                 with p.oneshot():
                     t = p.cpu_times()
                     cpu[p.pid] = (cpu.get(p.pid, (None,))[0] or role(p, proc.pid), t.user + t.system)
-                    rss += p.memory_info().rss
+                    one = p.memory_info().rss
             except psutil.Error:
                 continue
+            rss += one
+            k = kind(p, cpu[p.pid][0])
+            by_kind[k] = by_kind.get(k, 0) + one
+            peaks[k + "_max"] = max(peaks.get(k + "_max", 0), one)
         peak = max(peak, rss)
+        for k, v in by_kind.items():
+            peaks[k] = max(peaks.get(k, 0), v)
         series.append((time.time(), sum(c for r, c in cpu.values() if r == "ray")))
         time.sleep(0.5)
-    return cpu, peak, series
+    return cpu, peak, peaks, series
+
+
+def kind(proc: psutil.Process, role_name: str) -> str:
+    """A finer kind than the role for memory: Ray's own daemons apart from its workers."""
+    if role_name != "ray":
+        return role_name
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "ray_other"
+    for name in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
+        if name in cmd:
+            return "ray_" + name.split(".")[0]
+    return "ray_worker" if "default_worker" in cmd or "ray::" in cmd else "ray_other"
 
 
 def stage_cpu(log: str, series: list[tuple[float, float]]) -> dict[str, float]:
@@ -228,6 +250,7 @@ def main() -> None:
                "rates": {k: round(v, 2) for k, v in stage_rates(run, m["stage_cpu_s"]).items()},
                "orchestration": round((cpu.get("prefect_server", 0) + cpu.get("driver", 0)) / total, 3),
                "cpu_s": {k: round(v, 1) for k, v in cpu.items()}, "peak_rss_mb": round(m["peak_rss_mb"]),
+               "peaks_mb": m["peaks_mb"],
                "kept": kept_digest(run)}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -250,6 +273,9 @@ def main() -> None:
         return next((r for r in rows if (r["mb"], r["files"], r["bundled"]) == (mb, files, bundled)), None)
     if pick(big, few) and pick(small, few):
         print(f"\npeak RSS {big} MB / {small} MB: {pick(big, few)['peak_rss_mb'] / pick(small, few)['peak_rss_mb']:.2f}x")
+        a, b = pick(small, few)["peaks_mb"], pick(big, few)["peaks_mb"]
+        print("peak RSS by kind of process (MB; <kind>: all of that kind at once, _max: its largest process): "
+              + ", ".join(f"{k} {a.get(k, 0)} -> {b.get(k, 0)}" for k in sorted(a.keys() | b.keys())))
     for mb in args.sizes_mb:
         if pick(mb, many) and pick(mb, few):
             print(f"wall {mb} MB in {many} files / {few} files: {pick(mb, many)['wall_s'] / pick(mb, few)['wall_s']:.2f}x")

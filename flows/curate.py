@@ -38,9 +38,10 @@ def read_settings(config: RunConfig) -> dict:
 
 def read_stage(config: RunConfig) -> dict:
     cfg, run_dir = config.curate, config.run_dir
-    # Planning reads no data here: files that must be read to be split are measured by a step of tasks.
+    # Planning reads no data here: files that must be read to be split (any that could hold more than
+    # shard_bytes, so parts stay bounded however few the files) are measured by a step of tasks.
     shards = readers.plan_shards(readers.list_inputs(cfg.inputs), cfg.reader.shard_bytes, storage.join(run_dir, "read", "_index"),
-                                 workers=config.ray.max_in_flight, run=_runner(config))
+                                 run=_runner(config))
     calls = [dict(**s, shard=i, run_dir=run_dir, cfg=cfg.reader) for i, s in enumerate(shards)]
     stats = finish_stage(run_dir, "read", _runner(config)(part_step("read", readers.read_file, calls, run_dir, "read",
                                                                      lambda call: call["shard"])))

@@ -14,7 +14,7 @@
 plan() lists them in order as Steps (pipeline/stages.py): the curate flow maps them on Ray,
 run_local() runs them in one process; both resume the same way.
 
-Memory of every per-part step is bounded by `batch_size` documents, of every per-partition step by the
+Memory of every per-part step is bounded by a batch of documents (`batch_size`; drop: `batch_rows`), of every per-partition step by the
 partition's size (partitions are added as the corpus grows, see num_partitions); only `clusters`
 holds something corpus-wide: the distinct ids of duplicate documents (one Arrow string array) and two
 int64 per pair. The kept representative of every
@@ -46,7 +46,7 @@ from . import minhash as kernels
 from . import storage
 from .config import DedupConfig
 from .minhash import NO_SPACE_SHARE
-from .stages import Step, marker_url, part_name, part_step, shard_of, unit_name, write_part
+from .stages import PartWriter, Step, marker_url, part_name, part_step, shard_of, unit_name
 
 EXACT = "dedup.exact"  # identical, after normalisation, to the kept document
 NEAR = "dedup.near"  # estimated Jaccard similarity >= threshold with a document of its cluster
@@ -142,7 +142,7 @@ def partition_dir(work_dir: str, p: int) -> str:
     return storage.join(work_dir, f"partition-{p:05d}")
 
 
-def _batches(part_url: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+def _batches(part_url: str, columns: list[str] | None, batch_size: int) -> Iterator[pa.RecordBatch]:
     fs, path = storage.fs_path(part_url)
     with fs.open(path, "rb") as f:
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
@@ -435,17 +435,24 @@ def clusters(pair_urls: list[str], exact_urls: list[str], out_dir: str) -> dict:
             "near_duplicates": int(len(dups) - is_exact.sum()), "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())}}
 
 
-def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str) -> dict:
-    """Write a part's kept docs to <run>/dedup and its duplicates, with reason and duplicate_of, to rejected/dedup."""
+def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str, batch_rows: int = 1024) -> dict:
+    """Write a part's kept docs to <run>/dedup and its duplicates, with reason and duplicate_of, to rejected/dedup,
+    `batch_rows` documents at a time: memory is a batch plus the part's duplicate list, not the part."""
     started = time.perf_counter()
-    docs = storage.read_parquet(part_url)
     url = storage.join(duplicates_dir, part_name(shard_of(part_url)) + ".parquet")
     found = {}
     if storage.exists(url):
         dups = storage.read_parquet(url).to_pydict()
         found = {i: (r, why) for i, r, why in zip(dups["id"], dups["duplicate_of"], dups["reason"])}
-    hits = [found.get(i, (None, None)) for i in docs["id"].to_pylist()]
-    return write_part(run_dir, "dedup", shard_of(part_url), docs, [h[1] for h in hits], [h[0] for h in hits], started=started)
+    writer = PartWriter(run_dir, "dedup", shard_of(part_url), started)
+    try:
+        for batch in _batches(part_url, None, batch_rows):
+            hits = [found.get(i, (None, None)) for i in batch["id"].to_pylist()]
+            writer.write(pa.Table.from_batches([batch]), [h[1] for h in hits], [h[0] for h in hits])
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
 def plan(part_urls: list[str], run_dir: str, cfg: DedupConfig, partitions: int) -> list[Step]:

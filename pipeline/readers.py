@@ -93,9 +93,10 @@ MIN_EXPANSION = 8  # a compressed file smaller than shard_bytes / this is not me
 
 
 def _needs_measuring(url: str, size: int, shard_bytes: int) -> bool:
-    """Can this file be split only after reading some of it (decompressing it, its footer, its first member)?"""
+    """Could this file hold more than shard_bytes, and can it be split only after reading some of it
+    (decompressing it, its footer, its first member)? Decided by its listed size alone."""
     fmt, lower = format_of(url), url.lower()
-    return (fmt == "parquet"
+    return ((fmt == "parquet" and size * MIN_EXPANSION > shard_bytes)
             or (fmt == "jsonl" and lower.endswith(SPLIT_COMPRESSIONS) and size * MIN_EXPANSION > shard_bytes)
             or (fmt in ("warc", "wet") and size > shard_bytes and lower.endswith(".gz")))
 
@@ -139,22 +140,23 @@ def measure_step(calls: list[dict], index_dir: str) -> Step:
 
 
 def plan_shards(files: list[str] | dict[str, int], shard_bytes: int, index_dir: str | None = None,
-                workers: int | None = None, run: Callable[[Step], list] | None = None) -> list[dict]:
+                run: Callable[[Step], list] | None = None) -> list[dict]:
     """Work units of about `shard_bytes` of (uncompressed) input each.
 
     Planning is metadata: `files` with their sizes (list_inputs) are planned without opening any.
     An uncompressed JSONL file is split into byte ranges (by its size). A file that has to be read to
-    be split (measure_input: .gz/.zst JSONL, Parquet, WARC/WET) is split only when there are fewer
-    files than `workers` (None: always), and what it takes to read is a step (`run`: e.g. Prefect
-    tasks on Ray; default: in this process): .gz/.zst JSONL into ranges of its uncompressed bytes
+    be split (measure_input: .gz/.zst JSONL, Parquet, WARC/WET) is measured whenever it could hold
+    more than `shard_bytes` (_needs_measuring), whatever the number of files, so a part never grows
+    with the corpus (every per-part step's memory and time are bounded by shard_bytes); what it takes
+    to read is a step (`run`: e.g. Prefect tasks on Ray; default: in this process; a .gz costs one
+    decompression for its size and one for its index): .gz/.zst JSONL into ranges of its uncompressed bytes
     (exact for multi-member gzip and zstd frames; a .gz with `index_dir` gets a seek index, its shards
     start at the index point before their range, otherwise a shard decompresses from the start and
     skips), Parquet into row-group ranges, a one-member-per-record .warc.gz at member offsets. The last
     shard is open-ended, so a file that ends early is read (and its truncation reported) exactly as if
     it were one shard. Every other file is one shard."""
     sizes = files if isinstance(files, dict) else {u: _size(u) for u in files}
-    split = workers is None or len(sizes) < workers
-    todo = [u for u, size in sizes.items() if split and _needs_measuring(u, size, shard_bytes)]
+    todo = [u for u, size in sizes.items() if _needs_measuring(u, size, shard_bytes)]
     calls = [{"url": u, "shard_bytes": shard_bytes, "index_dir": index_dir} for u in todo]
     if not calls:
         measured = []

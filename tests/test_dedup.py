@@ -4,6 +4,7 @@ import unicodedata
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from datasketch import MinHash
 
@@ -253,6 +254,24 @@ def test_exact_copies_are_exact_and_point_to_the_kept_doc(tmp_path, real_docs):
     assert summary["cluster_sizes"] == {"4": 1}
     summary, rejected = _run(str(tmp_path / "no-near"), _write_parts(str(tmp_path / "no-near"), [[("z", text), ("c", text)]]))
     assert rejected == [{"id": "z", "reason": "dedup.exact", "duplicate_of": "c"}]
+
+
+def test_drop_streams_a_part_in_batches_and_keeps_the_rest_in_order(tmp_path, real_docs):
+    """The drop step holds a batch, not the part: a part read two documents at a time gives the same
+    kept and rejected rows (in the part's order, one row group per batch) as read whole."""
+    docs = [(f"d{i}", real_docs[i]["text"]) for i in range(7)]
+    [url] = _write_parts(str(tmp_path), [docs])
+    storage.write_parquet(f"{tmp_path}/dups/part-00000.parquet", pa.table(
+        {"id": ["d1", "d4", "d5"], "duplicate_of": ["d0", "d0", "d2"], "reason": [dedup.EXACT, dedup.NEAR, dedup.NEAR]}))
+    stats = dedup.drop_duplicates(url, f"{tmp_path}/dups", str(tmp_path), batch_rows=2)
+    assert stats["docs_in"] == 7 and stats["docs_kept"] == 4 and stats["rejected"] == {dedup.EXACT: 1, dedup.NEAR: 2}
+    kept = pq.ParquetFile(f"{tmp_path}/dedup/part-00000.parquet")
+    assert kept.read().to_pydict()["id"] == ["d0", "d2", "d3", "d6"] and kept.num_row_groups == 3  # d4, d5's batch keeps none
+    assert kept.read()["text"].to_pylist() == [real_docs[i]["text"] for i in (0, 2, 3, 6)]
+    rejected = storage.read_parquet(f"{tmp_path}/rejected/dedup/part-00000.parquet", columns=["id", "reason", "duplicate_of"])
+    assert rejected.to_pylist() == [{"id": "d1", "reason": dedup.EXACT, "duplicate_of": "d0"},
+                                    {"id": "d4", "reason": dedup.NEAR, "duplicate_of": "d0"},
+                                    {"id": "d5", "reason": dedup.NEAR, "duplicate_of": "d2"}]
 
 
 def test_verification_drops_candidates_below_the_threshold(tmp_path, real_docs):
