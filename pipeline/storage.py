@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import re
+import shutil
+import tempfile
 import uuid
-from typing import Any
+from typing import Any, Self
 
 import fsspec
 import pyarrow as pa
@@ -36,6 +39,12 @@ def check_name(name: str, what: str = "name") -> str:
 def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path
+
+
+def is_local(url: str) -> bool:
+    """Whether `url` is a path of this machine's filesystem (plain or file://), which a process opens as
+    it is; anything else (s3://, gs://, ...) goes through a local copy where code needs real files."""
+    return fsspec.utils.get_protocol(url) in ("file", "local")
 
 
 def join(base: str, *parts: str) -> str:
@@ -200,3 +209,103 @@ class ParquetAppender:
         self._writer = self._file = None
         if self._fs.exists(self._tmp):
             self._fs.rm(self._tmp)
+
+
+# ---- local copies of object-storage files, for code that needs real files ----------------------------
+# DeepSpeed's checkpoints, memory-mapped token shards, safetensors, TensorBoard and append-mode logs need
+# a filesystem path. For a local run directory that is the run directory itself (nothing is copied); for
+# object storage the files are downloaded into, and uploaded from, a directory under the system temp dir
+# (tempfile.gettempdir(): TMPDIR, else /tmp) of the process that uses them.
+
+def upload(local: str, url: str) -> list[str]:
+    """A local file, or every file under a local directory (by relative path), to `url`; returns the
+    URLs written. An object store shows an object only once its upload is complete (no temporary)."""
+    fs, path = fs_path(url)
+    files = ([local] if os.path.isfile(local) else
+             sorted(os.path.join(d, f) for d, _, names in os.walk(local) for f in names))
+    written = []
+    for file in files:
+        rel = os.path.relpath(file, local) if file != local else ""
+        target = posixpath.join(path, rel.replace(os.sep, "/")) if rel else path
+        fs.put_file(file, target)
+        written.append(target)
+    return written
+
+
+def download(url: str, local: str) -> list[str]:
+    """The file `url`, or every file under the directory `url` (by relative path), to `local`; returns
+    the local paths written. Each file is written beside its place and renamed into it."""
+    fs, path = fs_path(url)
+    fs.invalidate_cache(path)  # files another process wrote since this one last listed
+    if fs.isfile(path):
+        pairs = [(path, local)]
+    else:
+        pairs = [(f, os.path.join(local, posixpath.relpath(f, path))) for f in sorted(fs.find(path))]
+    for remote, target in pairs:
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        tmp = os.path.join(os.path.dirname(target), f"{TEMPORARY}{uuid.uuid4().hex}-{os.path.basename(target)}")
+        try:
+            fs.get_file(remote, tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return [target for _, target in pairs]
+
+
+class LocalDir:
+    """A local directory standing for the directory `url`, for code that needs real files.
+
+    Local `url`: `path` is `url` itself, nothing is copied, `sync` does nothing. Otherwise `path` is a new
+    directory under `scratch` (default: the system temp dir) holding the files or directories that `fetch`
+    names (paths relative to `url`; absent ones are skipped); `sync()` uploads every file under it that is
+    new or changed since it was fetched or last synced (temporaries excepted), and `close()` (the end of a
+    `with`, also on an exception: a failed job's log still lands) syncs and removes it."""
+
+    def __init__(self, url: str, fetch: tuple[str, ...] | list[str] = (), scratch: str | None = None):
+        self.url, self.copied = url, not is_local(url)
+        if not self.copied:
+            self.path = url.removeprefix("file://")
+            return
+        self.path = tempfile.mkdtemp(prefix="tokenmill-", dir=scratch)
+        try:
+            for rel in fetch:
+                if exists(join(url, rel)):
+                    download(join(url, rel), os.path.join(self.path, rel))
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        self._synced = self._stamps()
+
+    def _stamps(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for d, _, names in os.walk(self.path):
+            for name in names:
+                if not name.startswith(TEMPORARY):
+                    st = os.stat(os.path.join(d, name))
+                    out[os.path.relpath(os.path.join(d, name), self.path)] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    def sync(self) -> list[str]:
+        """Upload what is new or changed under `path` to `url`; returns the URLs written."""
+        if not self.copied:
+            return []
+        now, written = self._stamps(), []
+        for rel, stamp in sorted(now.items()):
+            if self._synced.get(rel) != stamp:
+                written += upload(os.path.join(self.path, rel), join(self.url, rel.replace(os.sep, "/")))
+        self._synced = now
+        return written
+
+    def close(self) -> None:
+        if self.copied and os.path.isdir(self.path):
+            try:
+                self.sync()
+            finally:
+                shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

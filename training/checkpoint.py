@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,29 +47,49 @@ def load_model(weights_dir: str | Path, device: str = "cpu") -> Transformer:
 
 
 # DeepSpeed checkpoints: checkpoints/<tag>/ with DeepSpeed's files plus ds_config.json and
-# model_config.json, and a `latest` file naming the newest complete one.
+# model_config.json, and a `latest` file naming the newest complete one. The checkpoint directory is a
+# path or an fsspec URL (s3://...): everything here but DeepSpeed's own save and load goes through
+# pipeline.storage, which reads a local path directly.
 
 def latest_tag(ckpt_dir: str | Path) -> str | None:
-    latest = Path(ckpt_dir) / "latest"
-    return latest.read_text().strip() if latest.exists() else None
+    latest = storage.join(str(ckpt_dir), "latest")
+    return storage.read_bytes(latest).decode().strip() if storage.exists(latest) else None
 
 
-def checkpoint_dirs(ckpt_dir: str | Path) -> dict[int, Path]:
+def checkpoint_dirs(ckpt_dir: str | Path) -> dict[int, str]:
     """The checkpoint directories (step<digits>, complete or not) by step, oldest first; anything else
     a user put there (step_best/, notes) is not one."""
-    found = {int(p.name[4:]): p for p in Path(ckpt_dir).glob("step*") if p.is_dir() and p.name[4:].isdigit()}
+    fs, path = storage.fs_path(str(ckpt_dir))
+    fs.invalidate_cache(path)  # directories other processes (ranks, an earlier job) wrote
+    if not fs.isdir(path):
+        return {}
+    found = {}
+    for entry in fs.ls(path, detail=True):
+        name = posixpath.basename(entry["name"].rstrip("/"))
+        if entry["type"] == "directory" and name.startswith("step") and name[4:].isdigit():
+            found[int(name[4:])] = storage.join(str(ckpt_dir), name)
     return dict(sorted(found.items()))
 
 
 def kept_steps(ckpt_dir: str | Path) -> dict[int, str]:
-    """Complete checkpoints on disk (model_config.json is written last), tag by step."""
-    return {step: p.name for step, p in checkpoint_dirs(ckpt_dir).items() if (p / "model_config.json").exists()}
+    """Complete checkpoints (model_config.json is written last), tag by step."""
+    return {step: posixpath.basename(d) for step, d in checkpoint_dirs(ckpt_dir).items()
+            if storage.exists(storage.join(d, "model_config.json"))}
 
 
 def prune_checkpoints(ckpt_dir: str | Path, keep: int) -> None:
     """Remove all but the `keep` newest checkpoints, by step number (not by name)."""
     for old in list(checkpoint_dirs(ckpt_dir).values())[:-keep]:
-        shutil.rmtree(old)
+        storage.remove_tree(old)
+
+
+def local_checkpoints(ckpt_dir: str, rank: int) -> str:
+    """Where this rank's DeepSpeed saves and loads: the checkpoint directory itself when it is local (a
+    shared filesystem on a cluster); for object storage a new scratch directory of this rank under the
+    system temp dir, from which each save is uploaded and into which a resume downloads (then emptied)."""
+    if storage.is_local(ckpt_dir):
+        return ckpt_dir.removeprefix("file://")
+    return tempfile.mkdtemp(prefix=f"tokenmill-ckpt-rank{rank}-")
 
 
 @contextmanager
@@ -100,41 +122,58 @@ def checkpoint_tag(ckpt_dir: str | Path, step: int) -> str:
     return steps[step]
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, batches, ds_config: dict, model_cfg: ModelConfig,
+def save_checkpoint(engine, ckpt_dir: str, local_dir: str, step: int, batches, ds_config: dict, model_cfg: ModelConfig,
                     keep: int, rank: int, world: int) -> None:
     """Save a checkpoint with every rank's data position and RNG state; `latest` moves to it only
-    once it is complete (a run killed while saving resumes from the previous one); keep the newest `keep`."""
+    once it is complete (a run killed while saving resumes from the previous one); keep the newest `keep`.
+    DeepSpeed writes into `local_dir` (local_checkpoints); when that is a scratch copy, each rank uploads
+    the files it wrote to <ckpt_dir>/<tag>/ and `latest` moves only after every rank's upload."""
     ranks = [None] * world
     torch.distributed.all_gather_object(ranks, {"data": batches.state(), "rng": torch.get_rng_state(),
                                                 "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None})
     tag = f"step{step:07d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "ranks": ranks}, save_latest=False)
+    engine.save_checkpoint(local_dir, tag=tag, client_state={"step": step, "ranks": ranks}, save_latest=False)
+    if not storage.is_local(ckpt_dir):  # save_checkpoint ended with a barrier: every rank's files are written
+        written = os.path.join(local_dir, tag)
+        if os.path.isdir(written):  # ZeRO-0 ranks other than 0 write nothing
+            storage.upload(written, storage.join(ckpt_dir, tag))
+            shutil.rmtree(written)
+        torch.distributed.barrier()  # every rank's files are in the run directory before `latest` names them
     if rank == 0:
-        (ckpt_dir / tag / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
-        (ckpt_dir / tag / "model_config.json").write_text(model_cfg.model_dump_json(indent=2))
-        storage.write_bytes(str(ckpt_dir / "latest"), tag.encode())  # atomic: temp file, then rename
+        storage.write_bytes(storage.join(ckpt_dir, tag, "ds_config.json"), json.dumps(ds_config, indent=2).encode())
+        storage.write_bytes(storage.join(ckpt_dir, tag, "model_config.json"), model_cfg.model_dump_json(indent=2).encode())
+        storage.write_bytes(storage.join(ckpt_dir, "latest"), tag.encode())  # atomic: temp file, then rename
         prune_checkpoints(ckpt_dir, keep)
     torch.distributed.barrier()
 
 
-def resume(engine, ckpt_dir: Path, model_cfg: ModelConfig, batches, rank: int) -> int:
+def resume(engine, ckpt_dir: str, local_dir: str, model_cfg: ModelConfig, batches, rank: int) -> int:
     """Load the latest checkpoint if there is one (model, optimizer, LR schedule, data position, RNG);
-    return the step it was taken at (0 when starting fresh)."""
+    return the step it was taken at (0 when starting fresh). From object storage, this rank first
+    downloads the checkpoint's files into `local_dir` (DeepSpeed reads every rank's optimizer files)."""
     tag = latest_tag(ckpt_dir)
     if tag is None:
         return 0
-    saved = ModelConfig.model_validate_json((ckpt_dir / tag / "model_config.json").read_text())
+    where = storage.join(ckpt_dir, tag)
+    saved = ModelConfig.model_validate_json(storage.read_bytes(storage.join(where, "model_config.json")))
     if saved != model_cfg:
         diff = {k: (v, getattr(model_cfg, k)) for k, v in saved.model_dump().items() if getattr(model_cfg, k) != v}
-        raise ValueError(f"{ckpt_dir / tag} was trained with a different model (checkpoint vs now: {diff}); "
+        raise ValueError(f"{where} was trained with a different model (checkpoint vs now: {diff}); "
                          "the tokens or train.model changed since; use a new run id or delete the checkpoints")
-    with weights_only_loads():  # a checkpoint is data: loading it must not run code
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    copied = not storage.is_local(ckpt_dir)
+    if copied:
+        storage.download(where, os.path.join(local_dir, tag))
+    try:
+        with weights_only_loads():  # a checkpoint is data: loading it must not run code
+            _, client = engine.load_checkpoint(local_dir, tag=tag)
+    finally:
+        if copied:
+            shutil.rmtree(os.path.join(local_dir, tag), ignore_errors=True)
     if client is None:
-        raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
+        raise RuntimeError(f"could not load checkpoint {where}")
     world = torch.distributed.get_world_size()
     if len(client["ranks"]) != world:
-        raise ValueError(f"{ckpt_dir / tag} was saved by {len(client['ranks'])} processes, this run has {world}; "
+        raise ValueError(f"{where} was saved by {len(client['ranks'])} processes, this run has {world}; "
                          "an exact resume needs the same train.nproc")
     mine = client["ranks"][rank]
     batches.load_state(mine["data"])

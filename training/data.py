@@ -8,11 +8,54 @@ epoch, block). The order costs one int per block, the reads of a step stay withi
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
 
-from tokenmill.pipeline.contracts import ManifestError, load_manifest, map_token_shard
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.contracts import MANIFEST, ManifestError, load_manifest, map_token_shard
+
+
+def local_tokens(tokens_dir: str | Path, splits: tuple[str, ...] | None = None) -> Path:
+    """A local tokens directory to memory-map: `tokens_dir` itself when it is local; from object storage
+    a cache under the system temp dir (tokenmill-tokens/<sha256 of the manifest>/) holding the manifest,
+    the tokenizer and the shards of `splits` (default: all), each downloaded beside its place, checked
+    against the manifest's sha256 and only then renamed into it, so a file in the cache is a verified one
+    (ranks of one machine, a restarted job and the evaluation share it; concurrent downloads of a file
+    both land the same bytes)."""
+    tokens_dir = str(tokens_dir)
+    if storage.is_local(tokens_dir):
+        return Path(tokens_dir.removeprefix("file://"))
+    url = storage.join(tokens_dir, MANIFEST)
+    if not storage.exists(url):
+        raise ManifestError(f"{url} not found: run the curate flow first")
+    raw = storage.read_bytes(url)
+    manifest = json.loads(raw)
+    cache = Path(tempfile.gettempdir(), "tokenmill-tokens", hashlib.sha256(raw).hexdigest()[:32])
+    cache.mkdir(parents=True, exist_ok=True)
+    wanted = [(manifest["tokenizer"], manifest["tokenizer_sha256"])] + [
+        (s["file"], s["sha256"]) for s in manifest["shards"] if splits is None or s["split"] in splits]
+    for name, sha256 in wanted:
+        target = cache / name
+        if target.exists():
+            continue
+        tmp = target.with_name(f"{storage.TEMPORARY}{uuid.uuid4().hex}-{target.name}")
+        try:
+            storage.download(storage.join(tokens_dir, name), str(tmp))
+            if storage.sha256_file(str(tmp)) != sha256:
+                raise ManifestError(f"{storage.join(tokens_dir, name)}: sha256 differs from the manifest "
+                                    "(corrupt or rewritten file)")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if not (cache / MANIFEST).exists():
+        storage.write_bytes(str(cache / MANIFEST), raw)
+    return cache
 
 
 class TokenRows:

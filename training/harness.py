@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import checkpoint_tag
+from tokenmill.pipeline import storage
+from tokenmill.pipeline.contracts import MANIFEST
+
+from .checkpoint import checkpoint_tag, latest_tag
 from .config import EvalConfig
 from .eval_sets import expand, hf_offline, local_tasks, task_manager
 from .evaluate import torch_threads
@@ -142,7 +145,26 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig, seed: int = 0, step: int 
     version = lm_eval_version()
     if version is None:
         return {"skipped": NOT_INSTALLED}
-    run_dir = Path(run_dir)
+    # From object storage: a local copy of what the export reads, whose new files (export/, lm_eval.json) are
+    # uploaded at the end.
+    run_dir = str(run_dir)
+    fetch = () if storage.is_local(run_dir) else export_inputs(run_dir, step)
+    with storage.LocalDir(run_dir, fetch=fetch) as local:
+        return _evaluate_run(Path(local.path), cfg, seed, step, version, run_dir)
+
+
+def export_inputs(run_dir: str, step: int | None) -> list[str]:
+    """The files under a run directory that export_run reads: the manifest, the tokenizer and the checkpoint."""
+    tokens = storage.join(run_dir, "tokens")
+    ckpt_dir = storage.join(run_dir, "train", "checkpoints")
+    tag = latest_tag(ckpt_dir) if step is None else checkpoint_tag(ckpt_dir, step)
+    if tag is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint (no 'latest' file); train the run first")
+    tokenizer = storage.read_json(storage.join(tokens, MANIFEST))["tokenizer"]
+    return [f"tokens/{MANIFEST}", f"tokens/{tokenizer}", "train/checkpoints/latest", f"train/checkpoints/{tag}"]
+
+
+def _evaluate_run(run_dir: Path, cfg: EvalConfig, seed: int, step: int | None, version: str, shown: str) -> dict:
     eval_dir = run_dir / "eval" if step is None else run_dir / "eval" / f"step-{step}"
     export_dir = run_dir / "export" if step is None else eval_dir / "export"
     export_run(run_dir, export_dir, step)  # reused only if made from this checkpoint (export.EXPORT_SOURCE)
@@ -160,5 +182,6 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig, seed: int = 0, step: int 
     result = {"version": version, "tasks": tasks, "limit": cfg.lm_eval_limit, "offline": trained["offline"],
               "trained": summarize(trained, tasks), "untrained": summarize(untrained, tasks), "seconds": round(time.monotonic() - started, 1)}
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "lm_eval.json").write_text(json.dumps({"model": str(export_dir), "trained": trained, "untrained": untrained}, indent=2))
+    model = storage.join(shown, str(export_dir.relative_to(run_dir)))  # where it is kept, not the local copy
+    (eval_dir / "lm_eval.json").write_text(json.dumps({"model": model, "trained": trained, "untrained": untrained}, indent=2))
     return result

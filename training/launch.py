@@ -33,6 +33,8 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Protocol
 
+from tokenmill.pipeline import storage
+
 from .config import TrainConfig
 
 EVENT = "tokenmill-event: "
@@ -139,15 +141,15 @@ def _brief(value):
     return f"<{len(value)} values>" if isinstance(value, list) else value
 
 
-def write_job(cfg: TrainConfig, tokens_dir: str, out_dir: str) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "job.json"
-    path.write_text(json.dumps({"train": cfg.model_dump(), "tokens_dir": str(tokens_dir), "out_dir": str(out)}, indent=2))
+def write_job(cfg: TrainConfig, tokens_dir: str, out_dir: str) -> str:
+    """<out_dir>/job.json (a path, or a URL that workers on other nodes read too)."""
+    path = storage.join(str(out_dir), "job.json")
+    storage.write_bytes(path, json.dumps({"train": cfg.model_dump(), "tokens_dir": str(tokens_dir), "out_dir": str(out_dir)},
+                                         indent=2).encode())
     return path
 
 
-def command(launch: Launch, job_path: Path, module: str = "tokenmill.training.train") -> list[str]:
+def command(launch: Launch, job_path: str | Path, module: str = "tokenmill.training.train") -> list[str]:
     """argv (never a shell string) that starts every rank of the job (`python -m MODULE --job JOB.json`)."""
     if launch.hostfile:
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", launch.hostfile,
@@ -183,10 +185,11 @@ def run_job(cfg: TrainConfig, tokens_dir: str, out_dir: str, on_line: Callable[[
     return run_module("tokenmill.training.train", cfg, job, out_dir, "train.log", on_line, ray_name)
 
 
-def run_module(module: str, launch: Launch, job: Path, out_dir: str, log_name: str,
+def run_module(module: str, launch: Launch, job: str | Path, out_dir: str, log_name: str,
                on_line: Callable[[str], None] = print, ray_name: str | None = None) -> dict:
     """Launch `python -m MODULE --job JOB` on launch.nproc processes (or launch.hostfile's nodes), the way
-    the training job is, or as the Ray Train run `ray_name`; return the result of its `done` event."""
+    the training job is, or as the Ray Train run `ray_name`; return the result of its `done` event. The log
+    is appended to <out_dir>/LOG_NAME (through a local copy uploaded at the end when out_dir is object storage)."""
     if ray_name is not None:
         from .ray_train import run_on_ray
 
@@ -196,8 +199,8 @@ def run_module(module: str, launch: Launch, job: Path, out_dir: str, log_name: s
     tail: deque[str] = deque(maxlen=40)
     errors: list[str] = []
     done = None
-    log_path = Path(out_dir) / log_name
-    with open(log_path, "a") as log, subprocess.Popen(
+    log_path = storage.join(out_dir, log_name)
+    with storage.LocalDir(out_dir, fetch=[log_name]) as work, open(Path(work.path, log_name), "a") as log, subprocess.Popen(
         argv, env=environment(launch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, text=True, bufsize=1,
     ) as proc:

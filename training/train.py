@@ -6,6 +6,13 @@ same code runs on one CPU process, several GPUs or several nodes. JOB.json holds
 plus the token shard and output directories; everything it writes lives in the output directory:
 checkpoints/ (DeepSpeed, resumed automatically), metrics.jsonl, tensorboard/, ds_config.json,
 model.safetensors, summary.json. It reports to the launcher through `launch.emit` (see launch.py).
+
+The directories (and JOB.json) may be fsspec URLs (s3://...), for workers with no shared filesystem:
+each rank memory-maps the shards from a verified local cache (data.local_tokens), DeepSpeed saves into a
+scratch directory that each rank uploads (checkpoint.save_checkpoint), and rank 0 writes the other
+outputs into a local copy of the output directory, uploaded at each checkpoint (before `latest` moves,
+so a resume finds the metrics lines it keeps) and at the end (storage.LocalDir). Scratch and caches live
+under the system temp dir (TMPDIR).
 """
 from __future__ import annotations
 
@@ -13,16 +20,19 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
+from tokenmill.pipeline import storage
 from tokenmill.pipeline.contracts import load_manifest
 
-from .checkpoint import latest_tag, resume, save_checkpoint, save_weights
+from .checkpoint import latest_tag, local_checkpoints, resume, save_checkpoint, save_weights
 from .config import TrainConfig
-from .data import RankBatches, load_split
+from .data import RankBatches, load_split, local_tokens
 from .launch import emit, run_job_main
 from .metrics import mfu, peak_bf16_flops, truncate_metrics
 from .model import Transformer
@@ -127,32 +137,45 @@ def train_step(engine, batches: RankBatches, grad_accum: int, device) -> torch.T
 
 
 def main(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
+    job = json.loads(storage.read_bytes(job_path))
     cfg = TrainConfig(**job["train"])
-    tokens_dir, out_dir = Path(job["tokens_dir"]), Path(job["out_dir"])
     rank, world = init_distributed()
     import deepspeed  # after init_distributed chose the accelerator
 
-    manifest = load_manifest(tokens_dir, verify=rank == 0)
+    tokens_dir = local_tokens(job["tokens_dir"])  # itself when local; else a cache whose files were verified
+    manifest = load_manifest(tokens_dir, verify=rank == 0 and storage.is_local(job["tokens_dir"]))
     model_cfg = cfg.resolve_model(manifest["vocab_size"], manifest["seq_len"])
     torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg)
     model.checkpoint_activations = cfg.activation_checkpointing
     config = ds_config(cfg, world)
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=config)
-    device = engine.device
 
     batches = RankBatches(load_split(tokens_dir, "train", manifest), cfg.micro_batch, rank, world, cfg.seed,
                           cfg.data_block_rows)
-    ckpt_dir = out_dir / "checkpoints"
-    step = resume(engine, ckpt_dir, model_cfg, batches, rank)
+    ckpt_dir = storage.join(job["out_dir"], "checkpoints")
+    with ExitStack() as cleanup:  # the scratch copies go however the job ends
+        ckpt_local = local_checkpoints(ckpt_dir, rank)
+        if not storage.is_local(ckpt_dir):
+            cleanup.callback(shutil.rmtree, ckpt_local, ignore_errors=True)
+        # Rank 0's outputs: the output directory itself, or a local copy of it that is uploaded.
+        work = cleanup.enter_context(storage.LocalDir(job["out_dir"], fetch=["metrics.jsonl"] if rank == 0 else ()))
+        _train(job, cfg, engine, scheduler, batches, config, model_cfg, manifest, ckpt_dir, ckpt_local, work, rank, world)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _train(job: dict, cfg: TrainConfig, engine, scheduler, batches: RankBatches, config: dict, model_cfg, manifest: dict,
+           ckpt_dir: str, ckpt_local: str, work: storage.LocalDir, rank: int, world: int) -> None:
+    step = resume(engine, ckpt_dir, ckpt_local, model_cfg, batches, rank)
+    out_dir, device = Path(work.path), engine.device
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "ds_config.json").write_text(json.dumps(config, indent=2))
         # Lines past the checkpoint were written by the run that was killed; they are recomputed now.
         truncate_metrics(out_dir / "metrics.jsonl", step)
         if step:
-            emit("resumed", checkpoint=str(ckpt_dir / latest_tag(ckpt_dir)), step=step)
+            emit("resumed", checkpoint=storage.join(ckpt_dir, latest_tag(ckpt_dir)), step=step)
         emit("model", params=model_cfg.num_params(), processes=world, device=device.type, zero_stage=cfg.zero_stage,
              precision=cfg.precision, global_batch=config["train_batch_size"], seq_len=manifest["seq_len"])
 
@@ -202,7 +225,11 @@ def main(job_path: str) -> None:
                 eta = elapsed / (step - first_step) * (cfg.max_steps - step)
                 emit("step", max_steps=cfg.max_steps, **last, eta_s=eta)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            save_checkpoint(engine, ckpt_dir, step, batches, config, model_cfg, cfg.keep_checkpoints, rank, world)
+            if metrics:  # this step's lines are in the run directory before `latest` moves past them
+                board.flush()
+                work.sync()
+            save_checkpoint(engine, ckpt_dir, ckpt_local, step, batches, config, model_cfg, cfg.keep_checkpoints,
+                            rank, world)
 
     state = consolidated_state(engine, cfg.zero_stage, rank)
     if rank == 0:
@@ -213,9 +240,8 @@ def main(job_path: str) -> None:
                    "seconds": round(time.perf_counter() - started, 2), "world_size": world, "zero_stage": cfg.zero_stage,
                    "params": model_cfg.num_params()}
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        work.close()  # uploaded (object storage) before the launcher hears `done`
         emit("done", result=summary)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
