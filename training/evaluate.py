@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from tokenmill.pipeline import storage
 from tokenmill.pipeline.contracts import EOS, load_manifest, load_tokenizer
 
 from .checkpoint import checkpoint_tag, load_model, model_from_state
 from .config import EvalConfig
-from .data import load_split
+from .data import load_split, local_tokens
 from .eval_sets import HELDOUT
 from .model import Transformer
 
@@ -93,14 +94,26 @@ def load_trained(train_dir: Path, step: int | None = None) -> Transformer:
     return model_from_state(state, model_cfg, str(ckpt_dir / tag))
 
 
+def model_files(train_dir: str, step: int | None) -> list[str]:
+    """What load_trained reads under the train directory: the final weights, or the kept checkpoint of `step`."""
+    if step is None:
+        return ["model.safetensors", "model_config.json"]
+    return [f"checkpoints/{checkpoint_tag(storage.join(train_dir, 'checkpoints'), step)}"]
+
+
 def evaluate(train_dir: str | Path, tokens_dir: str | Path, cfg: EvalConfig, seed: int = 0, step: int | None = None) -> dict:
-    """Metrics of the final model, or of the kept checkpoint of `step`, next to the untrained one."""
-    with torch_threads(cfg.threads):
-        return _evaluate(Path(train_dir), Path(tokens_dir), cfg, seed, step)
+    """Metrics of the final model, or of the kept checkpoint of `step`, next to the untrained one. Either
+    directory may be object storage: the model's files are read from a local copy (storage.LocalDir), the
+    validation shards from the verified token cache (data.local_tokens)."""
+    train_dir, tokens_dir = str(train_dir), str(tokens_dir)
+    fetch = () if storage.is_local(train_dir) else model_files(train_dir, step)
+    with torch_threads(cfg.threads), storage.LocalDir(train_dir, fetch=fetch) as train:
+        tokens = local_tokens(tokens_dir, splits=("val",))
+        return _evaluate(Path(train.path), tokens, cfg, seed, step, verify=storage.is_local(tokens_dir))
 
 
-def _evaluate(train_dir: Path, tokens_dir: Path, cfg: EvalConfig, seed: int, step: int | None) -> dict:
-    manifest = load_manifest(tokens_dir)
+def _evaluate(train_dir: Path, tokens_dir: Path, cfg: EvalConfig, seed: int, step: int | None, verify: bool = True) -> dict:
+    manifest = load_manifest(tokens_dir, verify=verify)  # the token cache verified what it downloaded
     tokenizer = load_tokenizer(str(tokens_dir / manifest["tokenizer"]))
     byte_lengths = token_byte_lengths(tokenizer)
     sets = {

@@ -7,7 +7,8 @@ its dashboard under the job's name (`<run id>-train`), and restarts the whole gr
 (`FailureConfig(max_failures=train.max_failures)`); the restarted ranks continue from
 `checkpoints/latest` in the run directory exactly as a rerun does (checkpoint.resume), so the loss
 curve is the uninterrupted run's. The run directory must therefore be one that every worker reads and
-writes: local on one machine, a shared filesystem on a cluster.
+writes: local on one machine, a shared filesystem or object storage (s3://..., through fsspec: see
+train.py) on a cluster.
 
 Events (launch.py's protocol) reach the driver through a Ray queue instead of stdout, which Ray keeps
 in its worker logs; the driver logs them and appends them to `train.log` as torchrun's output would be.
@@ -22,9 +23,28 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from tokenmill.pipeline import storage
+
 from .launch import EVENT, JobFailed, Launch, describe
 
 RAY_TRAIN_DIR = "ray_train"  # <out_dir>/ray_train: Ray Train's own run state (its storage_path)
+
+
+def job_url(job: str | Path) -> str:
+    """JOB.json as every worker reads it: an absolute path (a shared filesystem on a cluster) or a URL."""
+    return str(Path(job).resolve()) if storage.is_local(str(job)) else str(job)
+
+
+def ray_storage(out_dir: str) -> dict:
+    """RunConfig's storage_path (and storage_filesystem) for <out_dir>/ray_train: object storage through
+    fsspec, wrapped for Ray's pyarrow filesystem API, so Ray Train uses the run directory's credentials."""
+    url = storage.join(out_dir, RAY_TRAIN_DIR)
+    if storage.is_local(url):
+        return {"storage_path": str(Path(url.removeprefix("file://")).resolve())}
+    import pyarrow.fs
+
+    fs, path = storage.fs_path(url)
+    return {"storage_path": path, "storage_filesystem": pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))}
 
 
 def worker_loop(config: dict) -> None:
@@ -77,10 +97,10 @@ def run_on_ray(module: str, launch: Launch, job: Path, out_dir: str, log_name: s
     events = Queue(actor_options={"name": f"{name}-events", "num_cpus": 0})
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"module": module, "job": str(Path(job).resolve()), "events": events, "threads": threads},
+        train_loop_config={"module": module, "job": job_url(job), "events": events, "threads": threads},
         torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
         scaling_config=scaling_config,
-        run_config=RunConfig(name=name, storage_path=str(Path(out_dir, RAY_TRAIN_DIR).resolve()),
+        run_config=RunConfig(name=name, **ray_storage(out_dir),
                              failure_config=FailureConfig(max_failures=getattr(launch, "max_failures", 0))),
     )
     on_line(f"launching: Ray Train {name!r}, {launch.nproc} workers ({'GPU' if gpus else 'CPU'}, "
@@ -96,7 +116,7 @@ def run_on_ray(module: str, launch: Launch, job: Path, out_dir: str, log_name: s
     thread = threading.Thread(target=fit, name=f"{name}-fit", daemon=True)
     thread.start()
     done, errors = None, []
-    with open(Path(out_dir) / log_name, "a") as log:
+    with storage.LocalDir(out_dir, fetch=[log_name]) as work, open(Path(work.path, log_name), "a") as log:
         while True:
             try:
                 event = events.get(timeout=0.5)
