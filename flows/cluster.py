@@ -93,12 +93,49 @@ def token_command() -> str:
     return f"RAY_AUTH_TOKEN_PATH={path} ray get-auth-token"
 
 
-def on_ray(fn: Callable, name: str, *args, num_gpus: float = 0, **kwargs):
+def has_ray_runtime() -> bool:
+    """Whether this process is connected to a Ray (the run's `ray_runtime`), without importing ray when
+    nothing has."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def task_gpus(resources: dict[str, float]) -> float:
+    """GPUs a model task (evaluation, lm-eval) asks for on a Ray whose resources are `resources`
+    (ray.cluster_resources()): one when the cluster has any, so the task lands on a GPU worker and its
+    model on that GPU (the task picks cuda when torch sees one); none on a CPU cluster."""
+    return 1 if resources.get("GPU", 0) >= 1 else 0
+
+
+def on_ray(fn: Callable, name: str, *args, num_gpus: float | None = None, **kwargs):
     """fn(*args, **kwargs) as the Ray task `name` on the run's Ray, so it runs on the cluster's workers
-    and shows in the dashboard; in this process when there is no Ray."""
+    and shows in the dashboard; in this process when there is no Ray. num_gpus: None = task_gpus of the cluster."""
     import ray
 
     if not ray.is_initialized():
         return fn(*args, **kwargs)
+    if num_gpus is None:
+        num_gpus = task_gpus(ray.cluster_resources())
     task = ray.remote(fn).options(name=name, num_cpus=1, num_gpus=num_gpus, max_retries=0)
     return ray.get(task.remote(*args, **kwargs))
+
+
+def located(fn: Callable) -> Callable:
+    """fn, returning (its result, where it ran): the Ray session, job, node and task name (None outside
+    Ray). The evaluate flow keeps that in eval/_stats.json, so a run says which Ray did its work."""
+    def run(*args, **kwargs):  # a function, not a partial: ray.remote takes only functions and classes
+        return fn(*args, **kwargs), ray_place()
+
+    run.__name__ = run.__qualname__ = getattr(fn, "__name__", "run")
+    return run
+
+
+def ray_place() -> dict | None:
+    """This process's place on Ray (session, job id, node id, task name), or None without Ray."""
+    if not has_ray_runtime():
+        return None
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"session": context.get_session_name(), "job_id": context.get_job_id(), "node_id": context.get_node_id(),
+            "task": context.get_task_name()}

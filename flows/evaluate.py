@@ -8,28 +8,30 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tokenmill.pipeline import storage
 from tokenmill.training.config import EvalConfig
 
-from .cluster import on_ray
+from .cluster import located, on_ray
 from .config import RunConfig
 from .report import artifact_key, metric_rows, write_reports
 from .runtime import stage
 
 
 # torch (and lm-eval's transformers) are imported in the tasks, where the work runs: importing the
-# flows (the CLI, a deployment) must not pay for them.
+# flows (the CLI, a deployment) must not pay for them. Each runs as a Ray task on the run's Ray (on the
+# cluster's workers, a GPU one when the cluster has GPUs, in its dashboard), in this process without one,
+# and returns (result, where it ran: cluster.ray_place).
 @task(name="evaluate-model")
 def evaluate_task(train_dir: str, tokens_dir: str, cfg: EvalConfig, seed: int, step: int | None,
-                  ray_name: str = "evaluate-model") -> dict:
+                  ray_name: str = "evaluate-model") -> tuple[dict, dict | None]:
     from tokenmill.training.evaluate import evaluate
 
-    # A Ray task on the run's Ray (on the cluster's workers, in its dashboard), in this process without one.
-    return on_ray(evaluate, ray_name, train_dir, tokens_dir, cfg, seed=seed, step=step)
+    return on_ray(located(evaluate), ray_name, train_dir, tokens_dir, cfg, seed=seed, step=step)
 
 
 @task(name="lm-eval")
-def lm_eval_task(run_dir: str, cfg: EvalConfig, seed: int, step: int | None) -> dict:
+def lm_eval_task(run_dir: str, cfg: EvalConfig, seed: int, step: int | None,
+                 ray_name: str = "lm-eval") -> tuple[dict, dict | None]:
     from tokenmill.training.harness import evaluate_run
 
-    return evaluate_run(run_dir, cfg, seed=seed, step=step)
+    return on_ray(located(evaluate_run), ray_name, run_dir, cfg, seed=seed, step=step)
 
 
 def eval_settings(config: RunConfig) -> dict:
@@ -45,11 +47,16 @@ def evaluate(config: RunConfig, checkpoint: int | None = None) -> dict:
     name = "eval" if checkpoint is None else f"eval/step-{checkpoint}"
 
     def run():
-        metrics = evaluate_task(storage.join(run_dir, "train"), storage.join(run_dir, "tokens"), config.evaluate,
-                                seed=config.train.seed, step=checkpoint, ray_name=f"{config.run_id}-{name.replace('/', '-')}")
+        task_name = name.replace("/", "-")  # Ray tasks <run id>-eval and <run id>-lm-eval (-step-N for a checkpoint)
+        metrics, place = evaluate_task(storage.join(run_dir, "train"), storage.join(run_dir, "tokens"), config.evaluate,
+                                       seed=config.train.seed, step=checkpoint, ray_name=f"{config.run_id}-{task_name}")
+        places = {"eval": place}
         if config.evaluate.lm_eval:
-            metrics["lm_eval"] = lm_eval_task(run_dir, config.evaluate, seed=config.train.seed, step=checkpoint)
+            metrics["lm_eval"], places["lm_eval"] = lm_eval_task(
+                run_dir, config.evaluate, seed=config.train.seed, step=checkpoint, ray_name=f"{config.run_id}-lm-{task_name}")
             get_run_logger().info("lm-eval: %s", metrics["lm_eval"].get("skipped") or metrics["lm_eval"]["trained"])
+        if place is not None:
+            metrics["ray"] = places  # which Ray session, job and node did the work
         storage.write_json(storage.join(run_dir, name, "_stats.json"), metrics)
         write_reports(run_dir)
         storage.mark_done(storage.join(run_dir, name))

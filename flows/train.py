@@ -14,7 +14,7 @@ from tokenmill.pipeline.contracts import MANIFEST
 from tokenmill.training import launch
 from tokenmill.training.metrics import final_table, loss_curve_png
 
-from .cluster import ray_runtime
+from .cluster import has_ray_runtime, ray_runtime
 from .config import RunConfig
 from .report import artifact_key, write_run_config
 from .runtime import stage
@@ -22,7 +22,7 @@ from .runtime import stage
 # How the job runs, not what it computes: changing them between attempts (more threads, a quieter log,
 # another checkpoint cadence) must neither refuse the resume of a killed train stage nor a rerun.
 RUN_ONLY = {"threads_per_proc", "log_every", "save_every", "keep_checkpoints", "launcher", "resources_per_worker",
-            "max_failures"}
+            "max_failures", "placement"}
 
 
 def train_settings(config: RunConfig) -> dict:
@@ -35,8 +35,15 @@ def train_settings(config: RunConfig) -> dict:
 
 
 def on_ray_train(config: RunConfig) -> bool:
-    """Whether the job runs through Ray Train (train.launcher; auto: when the run uses a Ray cluster)."""
-    return config.train.launcher == "ray" or (config.train.launcher == "auto" and config.ray.address is not None)
+    """Whether the job runs through Ray Train (train.launcher): see uses_ray_train."""
+    return uses_ray_train(config.train.launcher, config.ray.address, has_ray_runtime())
+
+
+def uses_ray_train(launcher: str, ray_address: str | None, has_ray: bool) -> bool:
+    """ray: always; torchrun: never; auto: whenever the run has a Ray (`has_ray`: inside `tokenmill run`,
+    whose one Ray then shows the training workers beside curate's and evaluate's tasks) or names a cluster
+    (ray.address). So only a train/finetune flow run alone without ray.address uses torchrun."""
+    return launcher == "ray" or (launcher == "auto" and (ray_address is not None or has_ray))
 
 
 @task(name="deepspeed-job")

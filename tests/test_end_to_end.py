@@ -118,6 +118,24 @@ def test_training_reduced_the_loss_and_wrote_checkpoints(run):
     assert (run_dir / "train" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # published as an artifact too
 
 
+def test_curate_training_and_evaluation_ran_on_the_runs_one_ray(run):
+    """train.launcher auto inside `tokenmill run`: the training workers were Ray Train workers of the Ray the
+    run started for curate, and the eval and lm-eval tasks ran as named tasks of that same Ray session and job
+    (what the run recorded in train/ and eval/_stats.json while its Ray was up)."""
+    run_dir, first, _, _ = run
+    train = json.loads((run_dir / "train" / "_stats.json").read_text())["ray"]
+    ev = json.loads((run_dir / "eval" / "_stats.json").read_text())["ray"]
+    assert "launching: Ray Train 't-train', 2 workers" in first
+    assert train["run"] == "t-train" and sorted(w["world_rank"] for w in train["workers"]) == [0, 1]
+    assert len({w["pid"] for w in train["workers"]}) == 2 and all(w["actor_id"] for w in train["workers"])
+    assert ev["eval"]["task"] == "t-eval" and ev["lm_eval"]["task"] == "t-lm-eval"
+    assert train["session"] == ev["eval"]["session"] == ev["lm_eval"]["session"]
+    assert train["job_id"] == ev["eval"]["job_id"] == ev["lm_eval"]["job_id"]
+    assert {w["node_id"] for w in train["workers"]} == {ev["eval"]["node_id"]}  # the local Ray's one node
+    # One Ray for the whole run: curate's prefect-ray runner joined it instead of starting its own.
+    assert first.count("Ray dashboard:") == 1 and "Creating a local Ray instance" not in first
+
+
 def test_evaluation_beats_the_untrained_model_and_report_is_written(run):
     run_dir, first, _, _ = run
     ev = json.loads((run_dir / "eval" / "_stats.json").read_text())

@@ -87,3 +87,26 @@ def test_work_on_the_runs_ray_is_a_named_task_and_the_dashboard_line_never_shows
     assert line.startswith("Ray dashboard: http://127.0.0.1:8265") and "7" * 40 not in line
     path = re.search(r"RAY_AUTH_TOKEN_PATH=(\S+) ray get-auth-token", line).group(1)
     assert Path(path).read_text() == "tok-" + "7" * 40 and os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_launcher_auto_is_ray_train_whenever_the_run_has_a_ray():
+    from tokenmill.flows.train import uses_ray_train
+
+    assert uses_ray_train("auto", None, has_ray=True)  # inside `tokenmill run`: its one Ray
+    assert uses_ray_train("auto", "head:6379", has_ray=False)  # `tokenmill train --set ray.address=...`
+    assert not uses_ray_train("auto", None, has_ray=False)  # `tokenmill train` alone: torchrun
+    assert uses_ray_train("ray", None, has_ray=False) and not uses_ray_train("torchrun", "head:6379", has_ray=True)
+
+
+def test_model_tasks_and_training_workers_ask_for_gpus_only_where_the_cluster_has_them():
+    """What the eval/lm-eval tasks (cluster.task_gpus) and each Ray Train worker (ray_train.worker_resources)
+    ask for, from ray.cluster_resources(); the GPU branch runs nowhere here, so it is checked as a function."""
+    from tokenmill.flows.cluster import task_gpus
+    from tokenmill.training.ray_train import worker_resources
+
+    assert task_gpus({"CPU": 16.0, "GPU": 4.0}) == 1 and task_gpus({"CPU": 2.0}) == 0 and task_gpus({"GPU": 0.5}) == 0
+    assert worker_resources({"CPU": 16.0, "GPU": 4.0}, 4, None) == {"GPU": 1, "CPU": 1}
+    assert worker_resources({"CPU": 16.0}, 2, None) == {"CPU": 1}
+    assert worker_resources({"CPU": 1.0}, 2, None) == {"CPU": 0.5}  # a 1-core machine's Ray: share it, never wait
+    assert worker_resources({"CPU": 2.0}, 3, None) == {"CPU": 0.66}  # rounded down, so all three fit
+    assert worker_resources({"CPU": 2.0, "GPU": 8.0}, 2, {"GPU": 2, "CPU": 8}) == {"GPU": 2, "CPU": 8}  # the config's

@@ -77,10 +77,14 @@ class TrainConfig(_Section):
     nproc: int = Field(2, ge=1, description="data-parallel processes on this node")
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
     launcher: Literal["auto", "ray", "torchrun"] = Field(
-        "auto", description="ray: Ray Train workers on the run's Ray cluster; torchrun: processes on this machine "
-        "(or the hostfile's nodes); auto: ray when ray.address names a cluster, else torchrun")
+        "auto", description="ray: Ray Train workers on the run's Ray (a local one when there is none); torchrun: "
+        "processes on this machine (or the hostfile's nodes); auto: ray when the run has a Ray (`tokenmill run` "
+        "always has one; ray.address names a cluster), torchrun for `tokenmill train` / `finetune` without ray.address")
     resources_per_worker: dict[str, float] | None = Field(
         None, description="Ray Train: resources each worker asks for (default: 1 CPU, plus 1 GPU when the cluster has GPUs)")
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray Train: how the workers are placed on the nodes (Ray's placement group strategy; "
+        "STRICT_SPREAD: one worker per node)")
     max_failures: int = Field(2, ge=0, description="Ray Train: restarts of the workers after one dies, each from the latest checkpoint")
     micro_batch: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)

@@ -35,9 +35,9 @@ def torch_threads(n: int | None):
 @torch.no_grad()
 def mean_loss(model: Transformer, rows: np.ndarray, batch_size: int) -> float:
     """Token-weighted mean next-token cross-entropy (nats) over `rows`."""
-    total, count = 0.0, 0
+    total, count, device = 0.0, 0, next(model.parameters()).device
     for i in range(0, len(rows), batch_size):
-        batch = torch.from_numpy(rows[i : i + batch_size].astype("int64"))
+        batch = torch.from_numpy(rows[i : i + batch_size].astype("int64")).to(device)
         n = batch[:, 1:].numel()
         total += model(batch[:, :-1], batch[:, 1:]).item() * n
         count += n
@@ -72,7 +72,7 @@ def samples(model: Transformer, tokenizer: Tokenizer, cfg: EvalConfig, seed: int
     eos = tokenizer.token_to_id(EOS)
     out = []
     for prompt in cfg.prompts:
-        ids = torch.tensor([tokenizer.encode(prompt).ids])
+        ids = torch.tensor([tokenizer.encode(prompt).ids], device=next(model.parameters()).device)
         row = {"prompt": prompt}
         for name, temperature, top_k in (("greedy", 0.0, None), ("sampled", cfg.temperature, cfg.top_k)):
             torch.manual_seed(seed)
@@ -82,16 +82,22 @@ def samples(model: Transformer, tokenizer: Tokenizer, cfg: EvalConfig, seed: int
     return out
 
 
+def device() -> str:
+    """Where evaluation runs: the GPU when torch sees one (a Ray task given num_gpus=1 on a GPU worker),
+    else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_trained(train_dir: Path, step: int | None = None) -> Transformer:
-    """The final weights (train/model.safetensors), or those of the kept checkpoint of `step`."""
+    """The final weights (train/model.safetensors), or those of the kept checkpoint of `step`, on device()."""
     if step is None:
-        return load_model(train_dir)
+        return load_model(train_dir, device())
     from .export import consolidate
 
     ckpt_dir = train_dir / "checkpoints"
     tag = checkpoint_tag(ckpt_dir, step)
     state, model_cfg = consolidate(ckpt_dir, tag)
-    return model_from_state(state, model_cfg, str(ckpt_dir / tag))
+    return model_from_state(state, model_cfg, str(ckpt_dir / tag)).to(device())
 
 
 def model_files(train_dir: str, step: int | None) -> list[str]:
@@ -122,7 +128,7 @@ def _evaluate(train_dir: Path, tokens_dir: Path, cfg: EvalConfig, seed: int, ste
     }
     trained = load_trained(train_dir, step)
     torch.manual_seed(seed)
-    untrained = Transformer(trained.cfg).eval()  # same architecture, random init: the baseline
+    untrained = Transformer(trained.cfg).to(device()).eval()  # same architecture, random init: the baseline
     result: dict = {"step": step, "val_rows": int(len(sets["val"])), "val_tokens": int(sets["val"][:, 1:].size),
                     "heldout_tokens": int(sets["heldout"][:, 1:].size)}
     for name, rows in sets.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import queue
 import threading
@@ -67,16 +68,30 @@ def worker_loop(config: dict) -> None:
         launch.event_sink = None
 
 
+def worker_resources(cluster: dict[str, float], nproc: int, asked: dict[str, float] | None) -> dict[str, float]:
+    """What each of `nproc` workers asks for on a Ray with `cluster` resources: `asked`
+    (train.resources_per_worker) when given; else a GPU and a CPU when the cluster has GPUs; else one CPU,
+    or an equal share of the CPUs when there are fewer than nproc (a small machine's local Ray, where
+    whole CPUs would leave a worker waiting forever while torchrun would just share the cores)."""
+    if asked:
+        return dict(asked)
+    if cluster.get("GPU", 0) > 0:
+        return {"GPU": 1, "CPU": 1}
+    cpus = cluster.get("CPU", 0)
+    return {"CPU": math.floor(cpus / nproc * 100) / 100 if 0 < cpus < nproc else 1}  # rounded down: they fit
+
+
 def scaling(launch: Launch):
-    """Ray Train's ScalingConfig: launch.nproc workers, on GPUs when the cluster has any."""
+    """Ray Train's ScalingConfig: launch.nproc workers, on GPUs when the cluster has any, placed by
+    train.placement (STRICT_SPREAD: one per node)."""
     import ray
     from ray.train import ScalingConfig
 
-    gpus = ray.cluster_resources().get("GPU", 0) > 0
-    resources = dict(getattr(launch, "resources_per_worker", None) or {})
-    if not resources:
-        resources = {"GPU": 1, "CPU": 1} if gpus else {"CPU": 1}
-    return ScalingConfig(num_workers=launch.nproc, use_gpu=gpus, resources_per_worker=resources), gpus
+    cluster = ray.cluster_resources()
+    gpus = cluster.get("GPU", 0) > 0
+    resources = worker_resources(cluster, launch.nproc, getattr(launch, "resources_per_worker", None))
+    return ScalingConfig(num_workers=launch.nproc, use_gpu=gpus, resources_per_worker=resources,
+                         placement_strategy=getattr(launch, "placement", "PACK")), gpus
 
 
 def run_on_ray(module: str, launch: Launch, job: Path, out_dir: str, log_name: str, name: str,
@@ -92,6 +107,10 @@ def run_on_ray(module: str, launch: Launch, job: Path, out_dir: str, log_name: s
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     if not ray.is_initialized():
         ray.init(logging_level="error", log_to_driver=False)
+    if len([n for n in ray.nodes() if n["Alive"]]) == 1:
+        # One node (a local Ray): no node can be drained from under the job, so skip Ray Train's preemption
+        # watcher, an actor process of its own that polls every 5 s beside the job on the same cores.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     scaling_config, gpus = scaling(launch)
     threads = launch.threads_per_proc or max(1, int(scaling_config.resources_per_worker.get("CPU", 1)))
     events = Queue(actor_options={"name": f"{name}-events", "num_cpus": 0})
@@ -139,7 +158,11 @@ def run_on_ray(module: str, launch: Launch, job: Path, out_dir: str, log_name: s
         cause = errors[-1] if errors else repr(outcome.get("error", "no done event"))
         raise JobFailed(f"{module} job on Ray Train {name!r} failed: {cause}\n"
                         f"worker logs: Ray dashboard, job {name!r} (or <ray temp dir>/session_latest/logs)")
-    return done
+    # Where it ran (the run's _stats.json keeps it): this Ray session and job, and the workers Ray Train
+    # recorded for the run's last attempt (rank, node, pid).
+    context = ray.get_runtime_context()
+    return {**done, "ray": {"run": name, "session": context.get_session_name(), "job_id": context.get_job_id(),
+                            "workers": train_workers(name)}}
 
 
 def train_workers(name: str) -> list[dict]:
