@@ -1,6 +1,6 @@
 """`tokenmill curate --ray-address` on a real two-node Ray cluster on this machine: a head and a
 second node started with `ray start` (separate processes, one CPU each), tasks spread over both,
-and the same files as a one-node run."""
+and the same files as a one-node run; then `tokenmill train` on that cluster with one Ray Train worker per node."""
 from __future__ import annotations
 
 import json
@@ -111,3 +111,19 @@ def test_curate_runs_tasks_on_both_nodes_with_the_output_of_one_node(two_node_cl
 
     _curate("one", tmp_path / "runs")  # a local one-node Ray: the same files, byte for byte
     assert curated_files(tmp_path / "runs" / "mn") == curated_files(tmp_path / "runs" / "one")
+
+    # Training on the same cluster, on the tokens its curate made: Ray Train (train.launcher auto with
+    # ray.address), one worker per node (STRICT_SPREAD), a tiny model for a few steps.
+    out = subprocess.run(
+        [sys.executable, "-m", "tokenmill.flows.cli", "train", "--run-id", "mn", "--output-dir", str(tmp_path / "runs"),
+         "--set", f"ray.address={address}", "--set", "train.placement=STRICT_SPREAD", "--set", "train.nproc=2",
+         "--set", "train.model={n_layer: 1, n_head: 2, d_model: 32}", "--set", "train.micro_batch=2",
+         "--set", "train.max_steps=4", "--set", "train.warmup_steps=1", "--set", "train.log_every=1",
+         "--set", "train.save_every=4", "--set", "train.threads_per_proc=1"],
+        capture_output=True, text=True, timeout=600, env=ENV)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    stats = json.loads((tmp_path / "runs" / "mn" / "train" / "_stats.json").read_text())
+    assert stats["steps"] == 4 and stats["world_size"] == 2 and stats["ray"]["run"] == "mn-train"
+    workers = stats["ray"]["workers"]  # Ray Train's record of the run's workers (the dashboard's Train page)
+    assert sorted(w["world_rank"] for w in workers) == [0, 1]
+    assert sorted(w["node_id"] for w in workers) == sorted(found["nodes"]), (workers, found)
