@@ -23,7 +23,7 @@ from tokenmill.pipeline.contracts import MANIFEST, ManifestError, load_manifest,
 
 def local_tokens(tokens_dir: str | Path, splits: tuple[str, ...] | None = None) -> Path:
     """A local tokens directory to memory-map: `tokens_dir` itself when it is local; from object storage
-    a cache under the system temp dir (tokenmill-tokens/<sha256 of the manifest>/) holding the manifest,
+    a cache under the system temp dir (tokenmill-tokens-<uid>/<sha256 of the manifest>/) holding the manifest,
     the tokenizer and the shards of `splits` (default: all), each downloaded beside its place, checked
     against the manifest's sha256 and only then renamed into it, so a file in the cache is a verified one
     (ranks of one machine, a restarted job and the evaluation share it; concurrent downloads of a file
@@ -36,8 +36,13 @@ def local_tokens(tokens_dir: str | Path, splits: tuple[str, ...] | None = None) 
         raise ManifestError(f"{url} not found: run the curate flow first")
     raw = storage.read_bytes(url)
     manifest = json.loads(raw)
-    cache = Path(tempfile.gettempdir(), "tokenmill-tokens", hashlib.sha256(raw).hexdigest()[:32])
-    cache.mkdir(parents=True, exist_ok=True)
+    # This user's own directory (0700): a file in it is trusted as verified, so no one else may write there.
+    root = Path(tempfile.gettempdir(), f"tokenmill-tokens-{os.getuid()}")
+    root.mkdir(mode=0o700, exist_ok=True)
+    if root.stat().st_uid != os.getuid() or root.stat().st_mode & 0o077:
+        raise PermissionError(f"{root} is not this user's private directory: remove it, or set TMPDIR elsewhere")
+    cache = root / hashlib.sha256(raw).hexdigest()[:32]
+    cache.mkdir(exist_ok=True)
     wanted = [(manifest["tokenizer"], manifest["tokenizer_sha256"])] + [
         (s["file"], s["sha256"]) for s in manifest["shards"] if splits is None or s["split"] in splits]
     for name, sha256 in wanted:
