@@ -3,11 +3,14 @@
 the training job's checkpoints included (no shared filesystem needed), then a job resumed from them."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 from helpers import CORPUS
 
 from tokenmill.flows.server import free_port
+from tokenmill.pipeline.contracts import MANIFEST
 
 pytestmark = pytest.mark.slow
 s3fs = pytest.importorskip("s3fs")
@@ -123,3 +127,8 @@ def test_a_run_on_s3_curates_trains_evaluates_and_resumes(s3_server, monkeypatch
     assert fs.cat(f"{ckpts}/latest") == b"step0000006"
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(ckpts)] == ["latest", "step0000006"]
     assert not [p for p in fs.find("tokenmill-test/runs") if "/.tmp-" in p]
+    # The ranks memory-mapped the shards from the verified cache (kept for restarts and the evaluation): remove it.
+    cache = Path(tempfile.gettempdir(), f"tokenmill-tokens-{os.getuid()}",
+                 hashlib.sha256(fs.cat(f"{run}/tokens/manifest.json")).hexdigest()[:32])
+    assert {p.name for p in cache.iterdir()} == {MANIFEST, "tokenizer.json", *(s["file"] for s in manifest["shards"])}
+    shutil.rmtree(cache)
