@@ -52,8 +52,9 @@ def evaluate(config: RunConfig, checkpoint: int | None = None) -> dict:
                                        seed=config.train.seed, step=checkpoint, ray_name=f"{config.run_id}-{task_name}")
         places = {"eval": place}
         if config.evaluate.lm_eval:
-            metrics["lm_eval"], places["lm_eval"] = lm_eval_task(
-                run_dir, config.evaluate, seed=config.train.seed, step=checkpoint, ray_name=f"{config.run_id}-lm-{task_name}")
+            lm_name = f"{config.run_id}-lm-{task_name}"
+            metrics["lm_eval"], places["lm_eval"] = lm_eval_task(run_dir, config.evaluate, seed=config.train.seed,
+                                                                 step=checkpoint, ray_name=lm_name)
             get_run_logger().info("lm-eval: %s", metrics["lm_eval"].get("skipped") or metrics["lm_eval"]["trained"])
         if place is not None:
             metrics["ray"] = places  # which Ray session, job and node did the work
