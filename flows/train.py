@@ -67,10 +67,11 @@ def train_metrics(train_dir: str) -> list[dict]:
 def publish_artifacts(config: RunConfig, summary: dict) -> None:
     train_dir = storage.join(config.run_dir, "train")
     metrics = train_metrics(train_dir)
-    png = storage.read_bytes(storage.join(train_dir, "loss.png"))
+    png_url = storage.join(train_dir, "loss.png")
+    png = storage.read_bytes(png_url)
     key = artifact_key(config.run_id)
     create_image_artifact("data:image/png;base64," + base64.b64encode(png).decode(), key=f"loss-curve-{key}",
-                          description=f"training loss and learning rate per step ({storage.join(train_dir, 'loss.png')})")
+                          description=f"training loss and learning rate per step ({png_url})")
     create_table_artifact(final_table(summary, metrics), key=f"training-{key}", description="training job summary")
 
 

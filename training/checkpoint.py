@@ -6,6 +6,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,7 +90,31 @@ def local_checkpoints(ckpt_dir: str, rank: int) -> str:
     system temp dir, from which each save is uploaded and into which a resume downloads (then emptied)."""
     if storage.is_local(ckpt_dir):
         return ckpt_dir.removeprefix("file://")
-    return tempfile.mkdtemp(prefix=f"tokenmill-ckpt-rank{rank}-")
+    _remove_orphaned_scratch()
+    return tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-rank{rank}-")
+
+
+SCRATCH = "tokenmill-ckpt-"  # <temp dir>/tokenmill-ckpt-<pid>-rank<r>-*: a rank's scratch checkpoint directory
+
+
+def _remove_orphaned_scratch(idle_s: float = 600) -> None:
+    """Remove this user's scratch directories whose process is gone and in which nothing changed for
+    `idle_s`: a rank killed (SIGKILL, OOM) while saving or resuming leaves up to a whole checkpoint there.
+    (The idle time spares a live rank of another PID namespace sharing the temp dir, mid-save.)"""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid, path = name[len(SCRATCH):].split("-", 1)[0], os.path.join(root, name)
+        try:
+            if not (name.startswith(SCRATCH) and pid.isdigit()) or os.stat(path).st_uid != os.getuid():
+                continue
+            newest = max(os.stat(os.path.join(d, f)).st_mtime for d, _, fs in os.walk(path) for f in [".", *fs])
+            if time.time() - newest < idle_s:
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # alive (PermissionError: another user's pid), or already removed
+            pass
 
 
 @contextmanager
@@ -140,8 +165,9 @@ def save_checkpoint(engine, ckpt_dir: str, local_dir: str, step: int, batches, d
             shutil.rmtree(written)
         torch.distributed.barrier()  # every rank's files are in the run directory before `latest` names them
     if rank == 0:
-        storage.write_bytes(storage.join(ckpt_dir, tag, "ds_config.json"), json.dumps(ds_config, indent=2).encode())
-        storage.write_bytes(storage.join(ckpt_dir, tag, "model_config.json"), model_cfg.model_dump_json(indent=2).encode())
+        where = storage.join(ckpt_dir, tag)
+        storage.write_bytes(storage.join(where, "ds_config.json"), json.dumps(ds_config, indent=2).encode())
+        storage.write_bytes(storage.join(where, "model_config.json"), model_cfg.model_dump_json(indent=2).encode())
         storage.write_bytes(storage.join(ckpt_dir, "latest"), tag.encode())  # atomic: temp file, then rename
         prune_checkpoints(ckpt_dir, keep)
     torch.distributed.barrier()

@@ -118,7 +118,8 @@ def evaluate(train_dir: str | Path, tokens_dir: str | Path, cfg: EvalConfig, see
         return _evaluate(Path(train.path), tokens, cfg, seed, step, verify=storage.is_local(tokens_dir))
 
 
-def _evaluate(train_dir: Path, tokens_dir: Path, cfg: EvalConfig, seed: int, step: int | None, verify: bool = True) -> dict:
+def _evaluate(train_dir: Path, tokens_dir: Path, cfg: EvalConfig, seed: int, step: int | None,
+              verify: bool = True) -> dict:
     manifest = load_manifest(tokens_dir, verify=verify)  # the token cache verified what it downloaded
     tokenizer = load_tokenizer(str(tokens_dir / manifest["tokenizer"]))
     byte_lengths = token_byte_lengths(tokenizer)

@@ -183,5 +183,6 @@ def _evaluate_run(run_dir: Path, cfg: EvalConfig, seed: int, step: int | None, v
               "trained": summarize(trained, tasks), "untrained": summarize(untrained, tasks), "seconds": round(time.monotonic() - started, 1)}
     eval_dir.mkdir(parents=True, exist_ok=True)
     model = storage.join(shown, str(export_dir.relative_to(run_dir)))  # where it is kept, not the local copy
-    (eval_dir / "lm_eval.json").write_text(json.dumps({"model": model, "trained": trained, "untrained": untrained}, indent=2))
+    (eval_dir / "lm_eval.json").write_text(json.dumps({"model": model, "trained": trained, "untrained": untrained},
+                                                      indent=2))
     return result

@@ -144,8 +144,8 @@ def _brief(value):
 def write_job(cfg: TrainConfig, tokens_dir: str, out_dir: str) -> str:
     """<out_dir>/job.json (a path, or a URL that workers on other nodes read too)."""
     path = storage.join(str(out_dir), "job.json")
-    storage.write_bytes(path, json.dumps({"train": cfg.model_dump(), "tokens_dir": str(tokens_dir), "out_dir": str(out_dir)},
-                                         indent=2).encode())
+    job = {"train": cfg.model_dump(), "tokens_dir": str(tokens_dir), "out_dir": str(out_dir)}
+    storage.write_bytes(path, json.dumps(job, indent=2).encode())
     return path
 
 
@@ -200,10 +200,9 @@ def run_module(module: str, launch: Launch, job: str | Path, out_dir: str, log_n
     errors: list[str] = []
     done = None
     log_path = storage.join(out_dir, log_name)
-    with storage.LocalDir(out_dir, fetch=[log_name]) as work, open(Path(work.path, log_name), "a") as log, subprocess.Popen(
-        argv, env=environment(launch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, text=True, bufsize=1,
-    ) as proc:
+    with (storage.LocalDir(out_dir, fetch=[log_name]) as work, open(Path(work.path, log_name), "a") as log,
+          subprocess.Popen(argv, env=environment(launch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, text=True, bufsize=1) as proc):
         try:
             for line in proc.stdout:
                 log.write(line)

@@ -159,16 +159,16 @@ def main(job_path: str) -> None:
         if not storage.is_local(ckpt_dir):
             cleanup.callback(shutil.rmtree, ckpt_local, ignore_errors=True)
         # Rank 0's outputs: the output directory itself, or a local copy of it that is uploaded.
-        work = cleanup.enter_context(storage.LocalDir(job["out_dir"], fetch=["metrics.jsonl"] if rank == 0 else ()))
-        _train(job, cfg, engine, scheduler, batches, config, model_cfg, manifest, ckpt_dir, ckpt_local, work, rank, world)
+        work = cleanup.enter_context(storage.LocalDir(job["out_dir"], fetch=["metrics.jsonl"])) if rank == 0 else None
+        _train(cfg, engine, scheduler, batches, config, model_cfg, manifest, ckpt_dir, ckpt_local, work, rank, world)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
-def _train(job: dict, cfg: TrainConfig, engine, scheduler, batches: RankBatches, config: dict, model_cfg, manifest: dict,
-           ckpt_dir: str, ckpt_local: str, work: storage.LocalDir, rank: int, world: int) -> None:
+def _train(cfg: TrainConfig, engine, scheduler, batches: RankBatches, config: dict, model_cfg, manifest: dict,
+           ckpt_dir: str, ckpt_local: str, work: storage.LocalDir | None, rank: int, world: int) -> None:
     step = resume(engine, ckpt_dir, ckpt_local, model_cfg, batches, rank)
-    out_dir, device = Path(work.path), engine.device
+    out_dir, device = Path(work.path) if work else None, engine.device  # rank 0's
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "ds_config.json").write_text(json.dumps(config, indent=2))
