@@ -205,10 +205,11 @@ def _check_checkpoint(run_dir: str, step: int | None) -> None:
     """Fail before starting anything when STEP is not a kept checkpoint, listing the kept ones."""
     if step is None:
         return
+    from tokenmill.pipeline import storage
     from tokenmill.training.checkpoint import checkpoint_tag
 
     try:
-        checkpoint_tag(Path(run_dir, "train", "checkpoints"), step)
+        checkpoint_tag(storage.join(run_dir, "train", "checkpoints"), step)  # run_dir may be s3://
     except ValueError as e:
         console.print(f"[red]--checkpoint {step}:[/red] {e}")
         raise typer.Exit(2)
