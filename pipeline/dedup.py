@@ -14,10 +14,10 @@
 plan() lists them in order as Steps (pipeline/stages.py): the curate flow maps them on Ray,
 run_local() runs them in one process; both resume the same way.
 
-Memory of every per-part step is bounded by a batch of documents (`batch_size`; drop: `batch_rows`), of every per-partition step by the
-partition's size (partitions are added as the corpus grows, see num_partitions); only `clusters`
-holds something corpus-wide: the distinct ids of duplicate documents (one Arrow string array) and two
-int64 per pair. The kept representative of every
+Memory of every per-part step is bounded by a batch of documents (`batch_size`; drop: `batch_rows`),
+of every per-partition step by the partition's size (partitions are added as the corpus grows, see
+num_partitions); only `clusters` holds something corpus-wide: the distinct ids of duplicate documents
+(one Arrow string array) and two int64 per pair. The kept representative of every
 cluster is its lowest id, whatever order tasks ran in and however many partitions there are.
 
 Normalisation, shingles and signatures are computed for a whole batch at once by the compiled
