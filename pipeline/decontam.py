@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import storage
 from .config import DecontamConfig
@@ -166,13 +165,11 @@ def decontam_part(part_url: str, run_dir: str, index_url: str, cfg: DecontamConf
     """The decontam stage for one part, `batch_rows` documents at a time."""
     index = load_index(index_url)
     writer = PartWriter(run_dir, STAGE, shard_of(part_url))
-    fs, path = storage.fs_path(part_url)
     try:
-        with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
-                table = pa.Table.from_batches([batch])
-                found = [check(index, t, cfg.min_matches) for t in table["text"].to_pylist()]
-                writer.write(table, [m and m[0] for m in found], [m and m[1] for m in found])
+        for batch in storage.parquet_batches(part_url, batch_rows):
+            table = pa.Table.from_batches([batch])
+            found = [check(index, t, cfg.min_matches) for t in table["text"].to_pylist()]
+            writer.write(table, [m and m[0] for m in found], [m and m[1] for m in found])
     except BaseException:
         writer.abort()
         raise

@@ -143,9 +143,7 @@ def partition_dir(work_dir: str, p: int) -> str:
 
 
 def _batches(part_url: str, columns: list[str] | None, batch_size: int) -> Iterator[pa.RecordBatch]:
-    fs, path = storage.fs_path(part_url)
-    with fs.open(path, "rb") as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+    return storage.parquet_batches(part_url, batch_size, columns)
 
 
 def _write_partitioned(table: pa.Table, key: np.ndarray, work_dir: str, partitions: int, name: str) -> None:

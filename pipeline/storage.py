@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any, Self
 
 import fsspec
@@ -139,6 +140,15 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = fs_path(url)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=columns)
+
+
+def parquet_batches(url: str, batch_rows: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows, `batch_rows` at a time: what every per-part step reads, so its memory is a
+    batch, not the part. pre_buffer off: Arrow's read-ahead of whole column chunks made the reader's own
+    memory grow with the file (189 vs 264 MB RSS for a 64 vs 256 MB part; 137 vs 170 MB without it)."""
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f:
+        yield from pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 def list_files(url: str, pattern: str = "part-*.parquet") -> list[str]:

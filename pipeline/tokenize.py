@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyarrow import ipc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -36,9 +35,7 @@ def _unit_interval(doc_ids: list[str], key: bytes) -> np.ndarray:
 
 
 def _batches(part_url: str, columns: list[str], batch_rows: int):
-    fs, path = storage.fs_path(part_url)
-    with fs.open(path, "rb") as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+    return storage.parquet_batches(part_url, batch_rows, columns)
 
 
 def sample_part(part_url: str, out_url: str, fraction: float, batch_rows: int = 1024) -> dict:

@@ -15,7 +15,7 @@ import pyarrow as pa
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.config import QualityModelConfig
 from tokenmill.pipeline.contracts import CLASSIFIER_CONFIG
-from tokenmill.pipeline.stages import shard_of, write_part
+from tokenmill.pipeline.stages import PartWriter, shard_of
 
 STAGE = "quality_model"
 LOW_SCORE = "quality_model.low_score"
@@ -47,14 +47,23 @@ def _classifier(directory: str, kind: str | None):
     return Classifier(directory, kind)
 
 
-def score_part(part_url: str, run_dir: str, cfg: QualityModelConfig) -> dict:
-    """The quality_model stage for one part: kept and rejected rows both carry `quality_score`."""
+def score_part(part_url: str, run_dir: str, cfg: QualityModelConfig, batch_rows: int = 1024) -> dict:
+    """The quality_model stage for one part, `batch_rows` documents at a time (memory is bounded by a
+    batch, not the part): kept and rejected rows both carry `quality_score`."""
     started = time.perf_counter()
     label, _ = score_label(cfg)
-    table = storage.read_parquet(part_url)
     classifier = _classifier(str(Path(cfg.classifier).resolve()), cfg.kind)
-    scores = classifier.proba(table["text"].to_pylist(), cfg.batch_size)[:, classifier.labels.index(label)]
-    reasons = [LOW_SCORE if s < cfg.threshold else None for s in scores]
-    table = table.append_column(SCORE.name, pa.array(scores, SCORE.type))
-    return write_part(run_dir, STAGE, shard_of(part_url), table, reasons, started=started,
-                      counters={f"{STAGE}.scored": table.num_rows}, extra_fields=[SCORE])
+    column = classifier.labels.index(label)
+    writer = PartWriter(run_dir, STAGE, shard_of(part_url), started=started, extra_fields=[SCORE])
+    scored = 0
+    try:
+        for batch in storage.parquet_batches(part_url, batch_rows):
+            table = pa.Table.from_batches([batch])
+            scores = classifier.proba(table["text"].to_pylist(), cfg.batch_size)[:, column]
+            writer.write(table.append_column(SCORE.name, pa.array(scores, SCORE.type)),
+                         [LOW_SCORE if s < cfg.threshold else None for s in scores])
+            scored += table.num_rows
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(counters={f"{STAGE}.scored": scored})

@@ -11,7 +11,6 @@ from collections import Counter
 from typing import Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .. import storage
 from ..config import QualityConfig
@@ -64,23 +63,21 @@ def filter_part(part_url: str, run_dir: str, cfg: QualityConfig, batch_rows: int
     `inspect` shows what was dropped."""
     steps = build_chain(cfg)
     writer = PartWriter(run_dir, "quality", shard_of(part_url))
-    fs, path = storage.fs_path(part_url)
     try:
-        with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
-                table = pa.Table.from_batches([batch])
-                originals = table["text"].to_pylist()
-                # lang: the input's label (if any) until language identification sets it
-                docs = [Doc(i, t, u, lang, score) for i, t, u, lang, score in zip(
-                    table["id"].to_pylist(), originals, table["url"].to_pylist(), table["lang"].to_pylist(),
-                    table["lang_score"].to_pylist())]
-                reasons = filter_docs(steps, docs)
-                texts = [orig if r else d.text for d, orig, r in zip(docs, originals, reasons)]
-                table = (table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
-                         .set_column(table.schema.get_field_index("lang"), "lang", pa.array([d.lang for d in docs], pa.string()))
-                         .set_column(table.schema.get_field_index("lang_score"), "lang_score",
-                                     pa.array([d.lang_score for d in docs], pa.float32())))
-                writer.write(table, reasons)
+        for batch in storage.parquet_batches(part_url, batch_rows):
+            table = pa.Table.from_batches([batch])
+            originals = table["text"].to_pylist()
+            # lang: the input's label (if any) until language identification sets it
+            docs = [Doc(i, t, u, lang, score) for i, t, u, lang, score in zip(
+                table["id"].to_pylist(), originals, table["url"].to_pylist(), table["lang"].to_pylist(),
+                table["lang_score"].to_pylist())]
+            reasons = filter_docs(steps, docs)
+            texts = [orig if r else d.text for d, orig, r in zip(docs, originals, reasons)]
+            table = (table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+                     .set_column(table.schema.get_field_index("lang"), "lang", pa.array([d.lang for d in docs], pa.string()))
+                     .set_column(table.schema.get_field_index("lang_score"), "lang_score",
+                                 pa.array([d.lang_score for d in docs], pa.float32())))
+            writer.write(table, reasons)
     except BaseException:
         writer.abort()
         raise
