@@ -16,6 +16,7 @@ from tokenmill.pipeline.contracts import TOKENIZER
 from tokenmill.pipeline.stages import Step, finish_stage, marker_url, part_step, shard_of, stage_parts
 from tokenmill.training import eval_sets, quality_model
 
+from .cluster import ray_runtime
 from .config import RunConfig
 from .runtime import ray_task_runner, run_step, stage
 
@@ -159,11 +160,16 @@ def dedup_flow(config: RunConfig) -> dict:
 
 @flow(name="curate-on-ray", log_prints=True)
 def curate_on_ray(config: RunConfig) -> dict:
-    """curate with its tasks on Ray (local, or config.ray.address): the CLI's and the deployment's entry."""
-    return curate.with_options(task_runner=ray_task_runner(config.ray))(config.with_run_id())
+    """curate with its tasks on Ray (local, or config.ray.address): the CLI's and the deployment's entry.
+    The run's Ray (cluster.ray_runtime) prints the dashboard's address with how to sign in to it."""
+    config = config.with_run_id()
+    with ray_runtime(config.ray, config.run_id, "curate", keep=config.prefect.keep_server):
+        return curate.with_options(task_runner=ray_task_runner(config.ray))(config)
 
 
 @flow(name="dedup-on-ray", log_prints=True)
 def dedup_on_ray(config: RunConfig) -> dict:
     """The dedup flow with its tasks on Ray: what `tokenmill dedup` runs."""
-    return dedup_flow.with_options(task_runner=ray_task_runner(config.ray))(config.with_run_id())
+    config = config.with_run_id()
+    with ray_runtime(config.ray, config.run_id, "dedup", keep=config.prefect.keep_server):
+        return dedup_flow.with_options(task_runner=ray_task_runner(config.ray))(config)
