@@ -110,10 +110,10 @@ def task_gpus(resources: dict[str, float]) -> float:
 def on_ray(fn: Callable, name: str, *args, num_gpus: float | None = None, **kwargs):
     """fn(*args, **kwargs) as the Ray task `name` on the run's Ray, so it runs on the cluster's workers
     and shows in the dashboard; in this process when there is no Ray. num_gpus: None = task_gpus of the cluster."""
+    if not has_ray_runtime():
+        return fn(*args, **kwargs)
     import ray
 
-    if not ray.is_initialized():
-        return fn(*args, **kwargs)
     if num_gpus is None:
         num_gpus = task_gpus(ray.cluster_resources())
     task = ray.remote(fn).options(name=name, num_cpus=1, num_gpus=num_gpus, max_retries=0)

@@ -4,7 +4,6 @@ and publish its loss curve (PNG) and final table as Prefect artifacts."""
 from __future__ import annotations
 
 import base64
-import json
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_table_artifact
@@ -12,7 +11,7 @@ from prefect.artifacts import create_image_artifact, create_table_artifact
 from tokenmill.pipeline import storage
 from tokenmill.pipeline.contracts import MANIFEST
 from tokenmill.training import launch
-from tokenmill.training.metrics import final_table, loss_curve_png
+from tokenmill.training.metrics import final_table, loss_curve_png, read_metrics
 
 from .cluster import has_ray_runtime, ray_runtime
 from .config import RunConfig
@@ -56,17 +55,10 @@ def run_training_job(config: RunConfig) -> dict:
         return launch.run_job(config.train, tokens_dir, out_dir, on_line=logger.info, ray_name=f"{config.run_id}-train")
 
 
-def train_metrics(train_dir: str) -> list[dict]:
-    """The job's metrics.jsonl, one dict per step, from a local or object-storage run directory."""
-    url = storage.join(train_dir, "metrics.jsonl")
-    text = storage.read_bytes(url).decode() if storage.exists(url) else ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 @task(name="publish-training-artifacts")
 def publish_artifacts(config: RunConfig, summary: dict) -> None:
     train_dir = storage.join(config.run_dir, "train")
-    metrics = train_metrics(train_dir)
+    metrics = read_metrics(storage.join(train_dir, "metrics.jsonl"))
     png_url = storage.join(train_dir, "loss.png")
     png = storage.read_bytes(png_url)
     key = artifact_key(config.run_id)
@@ -82,7 +74,7 @@ def train(config: RunConfig) -> dict:
 
     def job():
         summary = run_training_job(config)
-        png = loss_curve_png(train_metrics(out_dir), title=f"tokenmill {config.run_id}: training loss")
+        png = loss_curve_png(read_metrics(storage.join(out_dir, "metrics.jsonl")), title=f"tokenmill {config.run_id}: training loss")
         storage.write_bytes(storage.join(out_dir, "loss.png"), png)
         storage.write_json(storage.join(out_dir, "_stats.json"), summary)
         storage.mark_done(out_dir)

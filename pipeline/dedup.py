@@ -142,10 +142,6 @@ def partition_dir(work_dir: str, p: int) -> str:
     return storage.join(work_dir, f"partition-{p:05d}")
 
 
-def _batches(part_url: str, columns: list[str] | None, batch_size: int) -> Iterator[pa.RecordBatch]:
-    return storage.parquet_batches(part_url, batch_size, columns)
-
-
 def _write_partitioned(table: pa.Table, key: np.ndarray, work_dir: str, partitions: int, name: str) -> None:
     """Rows of `table` into work_dir/partition-p/name, p = key mod partitions (uint64 key)."""
     p_of = (key % _U64(partitions)).astype(np.int64)
@@ -180,7 +176,7 @@ def id_rows(part_url: str, work_dir: str, partitions: int, batch_size: int = 655
     check_ids finds an id used twice without any step holding all ids."""
     part = shard_of(part_url)
     docs = 0
-    for n, batch in enumerate(_batches(part_url, ["id", "source"], batch_size)):
+    for n, batch in enumerate(storage.parquet_batches(part_url, batch_size, ["id", "source"])):
         ids = batch["id"]
         table = pa.table({"id": ids, "source": batch["source"], "part": pa.array(np.full(len(ids), part, np.int32))})
         _write_partitioned(table, kernels.string_hashes(*kernels.utf8_buffers(ids)), work_dir, partitions,
@@ -219,7 +215,7 @@ def exact_hashes(part_url: str, work_dir: str, partitions: int, batch_size: int 
     """(hash, id, part) of every doc of a part, into hash partitions; 16-byte blake2b of the normalised text."""
     part = shard_of(part_url)
     docs = 0
-    for n, batch in enumerate(_batches(part_url, ["id", "text"], batch_size)):
+    for n, batch in enumerate(storage.parquet_batches(part_url, batch_size, ["id", "text"])):
         text, offsets, _ = normalize_batch(batch["text"])
         digests = [hashlib.blake2b(text[s:e].tobytes(), digest_size=16).digest() for s, e in zip(offsets[:-1], offsets[1:])]
         table = pa.table({"hash": pa.array(digests, pa.binary(16)), "id": batch["id"],
@@ -260,7 +256,7 @@ def signature_rows(part_url: str, work_dir: str, partitions: int, cfg: DedupConf
     skip = _part_rows(list(exact_urls), part, ["id"])
     skip_ids = pa.array([], pa.string()) if skip is None else skip["id"].combine_chunks()
     docs = 0
-    for n, batch in enumerate(_batches(part_url, ["id", "text"], cfg.batch_size)):
+    for n, batch in enumerate(storage.parquet_batches(part_url, cfg.batch_size, ["id", "text"])):
         batch = pa.Table.from_batches([batch])
         batch = batch.filter(pc.invert(pc.is_in(batch["id"], value_set=skip_ids)))
         if batch.num_rows == 0:
@@ -358,7 +354,7 @@ def _pair_batches(pair_urls: list[str], exact_urls: list[str], rows: int = 1 << 
     for urls, columns, exact in ((exact_urls, ["duplicate_of", "id", "rep_part", "part"], True),
                                  (pair_urls, ["a", "b", "part_a", "part_b"], False)):
         for url in urls:
-            for batch in _batches(url, columns, rows):
+            for batch in storage.parquet_batches(url, rows, columns):
                 yield pa.Table.from_batches([batch]).rename_columns(list(schema.names)).cast(schema), exact
 
 
@@ -444,7 +440,7 @@ def drop_duplicates(part_url: str, duplicates_dir: str, run_dir: str, batch_rows
         found = {i: (r, why) for i, r, why in zip(dups["id"], dups["duplicate_of"], dups["reason"])}
     writer = PartWriter(run_dir, "dedup", shard_of(part_url), started)
     try:
-        for batch in _batches(part_url, None, batch_rows):
+        for batch in storage.parquet_batches(part_url, batch_rows):
             hits = [found.get(i, (None, None)) for i in batch["id"].to_pylist()]
             writer.write(pa.Table.from_batches([batch]), [h[1] for h in hits], [h[0] for h in hits])
     except BaseException:

@@ -34,16 +34,12 @@ def _unit_interval(doc_ids: list[str], key: bytes) -> np.ndarray:
                      for i in doc_ids])
 
 
-def _batches(part_url: str, columns: list[str], batch_rows: int):
-    return storage.parquet_batches(part_url, batch_rows, columns)
-
-
 def sample_part(part_url: str, out_url: str, fraction: float, batch_rows: int = 1024) -> dict:
     """The documents of one part that fall in the tokenizer's sample (their text), to `out_url`."""
     writer = storage.ParquetAppender(out_url, pa.schema([("text", pa.string())]))
     docs = nbytes = 0
     try:
-        for batch in _batches(part_url, ["id", "text"], batch_rows):
+        for batch in storage.parquet_batches(part_url, batch_rows, ["id", "text"]):
             keep = _unit_interval(batch["id"].to_pylist(), b"tokenizer-sample") < fraction
             if keep.any():
                 texts = batch["text"].filter(pa.array(keep))
@@ -72,7 +68,7 @@ def train_tokenizer(sample_urls: list[str], out_url: str, cfg: TokenizerConfig) 
 
     def texts():
         for url in sample_urls:
-            for batch in _batches(url, ["text"], 1024):
+            for batch in storage.parquet_batches(url, 1024, ["text"]):
                 for text in batch["text"].to_pylist():
                     size = len(text.encode())
                     if used["bytes"] + size > cfg.sample_bytes:
@@ -137,7 +133,7 @@ def tokenize_part(part_url: str, tokenizer_url: str, out_dir: str, cfg: TokensCo
     names = {split: f"{split}-{n:05d}.arrow" for split in ("train", "val")}
     splits: dict[str, _SplitWriter] = {}
 
-    batches = _batches(part_url, ["id", "text"], batch_rows)
+    batches = storage.parquet_batches(part_url, batch_rows, ["id", "text"])
     first = next(batches, None)  # a part that cannot be read fails here, not as a write error
 
     def write_all(train_file, val_file) -> None:

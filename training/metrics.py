@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from tokenmill.pipeline.storage import write_bytes
+from tokenmill.pipeline import storage
 
 # Dense bf16 tensor-core peak (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {
@@ -41,8 +41,10 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float | None) -
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """A job's metrics.jsonl (a path or an object-storage URL), one dict per step; [] before the first."""
+    path = str(path)
+    text = storage.read_bytes(path).decode() if storage.exists(path) else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def truncate_metrics(path: str | Path, step: int) -> None:
@@ -50,7 +52,7 @@ def truncate_metrics(path: str | Path, step: int) -> None:
     written by a run that was killed, and are computed again."""
     if Path(path).exists():
         kept = [m for m in read_metrics(path) if m["step"] <= step]
-        write_bytes(str(path), "".join(json.dumps(m) + "\n" for m in kept).encode())
+        storage.write_bytes(str(path), "".join(json.dumps(m) + "\n" for m in kept).encode())
 
 
 def loss_curve_png(metrics: list[dict], title: str = "training loss and learning rate") -> bytes:
